@@ -1,0 +1,3 @@
+from multiip.cli import main
+
+main()

@@ -1,0 +1,117 @@
+"""The lab: a stand-in for "a host on a LAN", made of network namespaces only.
+
+``<name>-lan`` holds a DHCP server (dnsmasq) and a TCP sink on 198.18.0.1; ``<name>-host`` is the
+"host", whose uplink is called eth0 and has a static address and a default route. A setup run as the
+lab host (``nsenter --net``) moves that eth0 into a bridge, never the machine's real one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from multiip import options
+from multiip.errors import MultiipError
+
+LAB_ROOT = Path("/run/multiip-lab")
+NETWORK = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmarking range
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str = "mlab"
+    port: int = 9000
+    leases: int = 4096
+    capacity: int = 150_000  # connections the sink can hold
+
+    @property
+    def lan_ns(self) -> str:
+        return f"{self.name}-lan"
+
+    @property
+    def host_ns(self) -> str:
+        return f"{self.name}-host"
+
+    @property
+    def state_dir(self) -> Path:
+        return LAB_ROOT / self.name
+
+    @property
+    def lan_ip(self) -> ipaddress.IPv4Address:
+        return NETWORK[1]
+
+    @property
+    def host_ip(self) -> ipaddress.IPv4Address:
+        return NETWORK[2]
+
+    @property
+    def prefixlen(self) -> int:
+        return NETWORK.prefixlen
+
+    @property
+    def netmask(self) -> ipaddress.IPv4Address:
+        return NETWORK.netmask
+
+    @property
+    def dhcp_first(self) -> ipaddress.IPv4Address:
+        return NETWORK[256]
+
+    @property
+    def dhcp_last(self) -> ipaddress.IPv4Address:
+        return NETWORK[-2]
+
+    @property
+    def workers(self) -> int:
+        """Sink processes: each holds at most half its open-file limit, so SO_REUSEPORT's uneven
+        spread never fills one."""
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        per_worker = max(1000, (hard if hard != resource.RLIM_INFINITY else 1 << 20) // 2)
+        return max(2, math.ceil(self.capacity / per_worker))
+
+    @property
+    def python(self) -> str:
+        return sys.executable
+
+
+def make_lab(name: str = "mlab", port: int = 9000, leases: int = 4096, capacity: int = 150_000) -> Lab:
+    options.name(name, "--name", max_len=10)
+    if not 1 <= port <= 65535:
+        raise MultiipError(f"--port {port}: need 1..65535")
+    if not 1 <= leases <= NETWORK.num_addresses - 512:
+        raise MultiipError(f"--leases {leases}: need 1..{NETWORK.num_addresses - 512}")
+    if capacity < 1:
+        raise MultiipError(f"--capacity {capacity}: must be at least 1")
+    return Lab(name=name, port=port, leases=leases, capacity=capacity)
+
+
+def is_up(lab: Lab) -> bool:
+    return Path("/run/netns", lab.host_ns).exists()
+
+
+def require_up(lab: Lab) -> None:
+    if not is_up(lab):
+        raise MultiipError(f"lab {lab.name} is not up: multiip lab up --name {lab.name}")
+
+
+def sink_stats(lab: Lab) -> dict[str, Any]:
+    """What the sink holds now: ``held``, ``accepted`` and ``peers`` (source IP -> connections)."""
+    held = accepted = 0
+    peers: dict[str, int] = {}
+    workers = []
+    for path in sorted(lab.state_dir.glob("sink-*.json")):
+        try:
+            w = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        workers.append(w)
+        held += w["held"]
+        accepted += w["accepted"]
+        for ip, n in w["peers"].items():
+            peers[ip] = peers.get(ip, 0) + n
+    return {"held": held, "accepted": accepted, "peers": peers, "workers": len(workers)}

@@ -1,0 +1,54 @@
+"""Jinja rendering of the bash scripts in templates/: the single source of truth for what runs on a host."""
+
+from __future__ import annotations
+
+import shlex
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from multiip import __version__
+from multiip.plan import Plan, Target
+
+
+def templates_dir() -> Path:
+    """templates/ inside an installed wheel, or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "setup.sh.j2").is_file():
+            return candidate
+    raise RuntimeError(f"multiip templates not found next to {here}")
+
+
+def _quote(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+@cache
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        comment_start_string="{##",  # bash's ${#array[@]} must not open a Jinja comment
+        comment_end_string="##}",
+    )
+    env.filters["q"] = _quote
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    return _env().get_template(template).render(version=__version__, **context)
+
+
+def setup_script(plan: Plan) -> str:
+    return render("setup.sh.j2", plan=plan, t=plan.target)
+
+
+def teardown_script(target: Target) -> str:
+    return render("teardown.sh.j2", t=target)

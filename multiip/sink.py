@@ -1,0 +1,184 @@
+"""The lab's TCP sink: accepts connections on one ip:port and holds them until the peer closes.
+
+One process may hold only as many sockets as its open-file limit allows (20000 here), so the sink is
+a parent with several worker processes sharing the port through SO_REUSEPORT. A worker that nears its
+limit closes its listener, and the kernel sends new connections to the others. Each worker writes
+``sink-K.json`` (held, accepted, per-peer counts) into the state directory; the parent writes
+``sink.pid`` and, once every worker listens, ``sink.ready``. SIGTERM stops the parent and its workers.
+
+Run as ``python -m multiip.sink --listen IP:PORT --workers N --state DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+
+_stop = False
+
+
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    global _stop
+    _stop = True
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def worker(index: int, host: str, port: int, state: Path) -> None:
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit = fd_limit() - 32
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(65535)
+    sock.setblocking(False)
+    lfd = sock.fileno()
+    listener: socket.socket | None = sock
+    ep = select.epoll()
+    ep.register(lfd, select.EPOLLIN)
+    conns: dict[int, str] = {}
+    peers: Counter[str] = Counter()
+    accepted = 0
+    stats = state / f"sink-{index}.json"
+    last_written: tuple[int, int] = (-1, -1)
+    next_write = 0.0
+
+    def stop_listening() -> None:
+        nonlocal listener
+        if listener is not None:
+            ep.unregister(lfd)
+            listener.close()
+            listener = None
+
+    while not _stop:
+        try:
+            events = ep.poll(0.25, 4096)
+        except InterruptedError:
+            continue
+        for fd, ev in events:
+            if fd == lfd and listener is not None:
+                for _ in range(1024):
+                    try:
+                        conn, addr = listener.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as e:
+                        if e.errno in (errno.EMFILE, errno.ENFILE):
+                            stop_listening()
+                            break
+                        if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                            continue
+                        raise
+                    cfd = conn.detach()
+                    ep.register(cfd, select.EPOLLIN | select.EPOLLRDHUP)
+                    conns[cfd] = addr[0]
+                    peers[addr[0]] += 1
+                    accepted += 1
+                    if len(conns) >= limit:
+                        stop_listening()
+                        break
+            elif fd in conns:
+                data = b""
+                if not ev & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR):
+                    with contextlib.suppress(OSError):
+                        data = os.read(fd, 65536)
+                if not data:
+                    ep.unregister(fd)
+                    os.close(fd)
+                    peer = conns.pop(fd)
+                    peers[peer] -= 1
+                    if not peers[peer]:
+                        del peers[peer]
+        now = time.monotonic()
+        if ((len(conns), accepted) != last_written and now >= next_write) or last_written == (-1, -1):
+            last_written = (len(conns), accepted)
+            next_write = now + 0.2
+            _write_json(
+                stats,
+                {
+                    "pid": os.getpid(),
+                    "held": len(conns),
+                    "accepted": accepted,
+                    "listening": listener is not None,
+                    "peers": dict(peers),
+                },
+            )
+    for cfd in conns:
+        os.close(cfd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m multiip.sink", description=__doc__.splitlines()[0])
+    ap.add_argument("--listen", required=True, help="IP:PORT")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--state", required=True, type=Path)
+    args = ap.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    state: Path = args.state
+    state.mkdir(parents=True, exist_ok=True)
+    for old in state.glob("sink-*.json"):
+        old.unlink()
+    children: list[int] = []
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
+    for index in range(args.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                worker(index, host, int(port), state)
+            except BaseException as e:  # a worker reports and exits; the parent notices
+                print(f"sink worker {index}: {e}", file=sys.stderr)
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    (state / "sink.pid").write_text(f"{os.getpid()}\n")
+    deadline = time.monotonic() + 10
+    while len(list(state.glob("sink-*.json"))) < args.workers and time.monotonic() < deadline and not _stop:
+        time.sleep(0.02)
+    (state / "sink.ready").write_text(f"{args.workers}\n")
+    alive = set(children)
+    while alive and not _stop:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            alive.discard(pid)
+            print(f"sink worker pid {pid} exited with status {status}", file=sys.stderr)
+        else:
+            time.sleep(0.2)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in alive:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

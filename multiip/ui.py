@@ -1,0 +1,104 @@
+"""What people see: progress and tables on stderr (rich). Data for scripts goes to stdout elsewhere."""
+
+from __future__ import annotations
+
+import re
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=True, highlight=False)
+if not console.is_terminal:  # logs and pipes: wide enough for a status row on one line
+    console = Console(stderr=True, highlight=False, width=200)
+
+_STEP = re.compile(r"^multiip: \[(\d+)/(\d+)\] (.*)$")
+_PROGRESS = re.compile(r"^multiip: progress (\S+) (\d+)/(\d+)$")
+
+
+class ScriptProgress:
+    """Shows a rendered script's stderr: its steps as progress bars on a terminal, plain lines elsewhere.
+
+    Error lines are not shown: the CLI prints the one-line reason once, when the script has failed.
+    """
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.live = console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not self.live,
+        )
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> ScriptProgress:
+        console.print(f"[bold]{self.title}[/bold]")
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        if self.task is not None and kind is None:
+            task = self.progress.tasks[-1]
+            self.progress.update(self.task, completed=task.total or 1, total=task.total or 1)
+        self.progress.__exit__(kind, value, tb)
+
+    def _finish_current(self) -> None:
+        if self.task is not None:
+            task = self.progress.tasks[-1]
+            self.progress.update(self.task, total=task.total or 1, completed=task.total or 1)
+
+    def __call__(self, line: str) -> None:
+        if line.startswith("multiip: error: "):
+            return
+        if m := _STEP.match(line):
+            self._finish_current()
+            description = f"[{m[1]}/{m[2]}] {m[3]}"
+            self.task = self.progress.add_task(description, total=None)
+            if not self.live:
+                console.print(description)
+            return
+        if m := _PROGRESS.match(line):
+            done, total = int(m[2]), int(m[3])
+            if self.task is not None:
+                self.progress.update(self.task, completed=done, total=total)
+            if not self.live and done == total:
+                console.print(f"  {m[1]}: {done}/{total}")
+            return
+        text = line.removeprefix("multiip: ")
+        if self.live:
+            self.progress.console.print(f"  [dim]{text}[/dim]", markup=True, soft_wrap=True)
+        else:
+            console.print(f"  {text}", markup=False, soft_wrap=True)
+
+
+def status_table(data: dict[str, Any]) -> None:
+    rows = data["namespaces"]
+    title = (
+        f"prefix {data['prefix']} · bridge {data['bridge']} · uplink {data['uplink'] or '?'}"
+        f" · DHCP {data['dhcp'] or '?'} · {len(rows)} namespaces"
+    )
+    table = Table(title=title, title_justify="left")
+    for col in ("namespace", "interface", "MAC", "IPv4", "gateway", "DHCP client", "lease expires", "ports"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        client = "-"
+        if r["dhcp_client"]:
+            state = "alive" if r["dhcp_alive"] else "[red]dead[/red]"
+            client = f"{r['dhcp_client']} {r['dhcp_pid'] or ''} {state}"
+        table.add_row(
+            r["name"],
+            r["interface"],
+            r["mac"] or "-",
+            r["ipv4"] or "[red]none[/red]",
+            r["gateway"] or "-",
+            client,
+            (r["lease_expires"] or "-").replace("+00:00", "Z"),
+            r["port_range"] or "-",
+        )
+    console.print(table)
