@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from multiip import __version__, execute, lab, render, state, ui
+from multiip import __version__, demo, execute, lab, render, state, ui
 from multiip.errors import MultiipError
 from multiip.plan import Plan, Target, make_plan, make_target
 
@@ -230,6 +230,14 @@ def status(prefix: Prefix = "ns", bridge: Bridge = "br0", json_out: Json = False
         ui.status_table(data)
     if not data["namespaces"]:
         ui.console.print(f"multiip: no namespaces named {prefix}<N> on this host", markup=False)
+
+
+@app.command("demo")
+def demo_cmd(count: Count = 4) -> None:
+    """Show it working without touching this host's network: lab up, run, status, down."""
+    _need_root("demo")
+    lab_opts = make_plan(count=count)  # validates --count before anything starts
+    demo.run(lab_opts.count)
 
 
 @lab_app.command("up")

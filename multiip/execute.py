@@ -56,14 +56,15 @@ class ScriptLog:
         return self.error
 
 
-def run_script(script: str, show: Callable[[str], None], name: str = "multiip") -> None:
-    """Run a rendered bash script; every stderr and stdout line goes to ``show``."""
+def run_script(script: str, show: Callable[[str], None], name: str = "multiip", netns: str | None = None) -> None:
+    """Run a rendered bash script (in a named network namespace if given); its output lines go to ``show``."""
     log = ScriptLog(show)
     fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".sh")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(script)
-        sh.bash(path, _err=log, _out=log, _env=environment(), _in=os.devnull)
+        argv = in_netns(netns, ["bash", path]) if netns else ["bash", path]
+        sh.Command(which(argv[0]) or argv[0])(*argv[1:], _err=log, _out=log, _env=environment(), _in=os.devnull)
     except sh.ErrorReturnCode as e:
         raise MultiipError(log.message(e.exit_code), exit_code=e.exit_code or 1) from None
     except sh.SignalException as e:

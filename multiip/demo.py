@@ -1,0 +1,29 @@
+"""The README's main job in one command: a lab, a setup inside it, its status, then everything removed."""
+
+from __future__ import annotations
+
+import random
+import string
+
+from multiip import execute, lab, render, state, ui
+from multiip.plan import make_plan
+
+
+def run(count: int) -> None:
+    """Lab up, `run --count N` as the lab host, status table, teardown: also on Ctrl-C or failure."""
+    tag = "".join(random.choices(string.ascii_lowercase, k=4))  # names no other run uses
+    the_lab = lab.make_lab(name=f"demo{tag}", leases=max(64, count * 2), capacity=max(10_000, count * 70_000))
+    plan = make_plan(prefix=f"d{tag}", count=count)
+    target = plan.target
+    with ui.ScriptProgress(f"multiip demo: lab {the_lab.name} (a host on a LAN, all in namespaces)") as show:
+        execute.run_script(render.render("lab_up.sh.j2", lab=the_lab, python=the_lab.python), show)
+    try:
+        with ui.ScriptProgress(f"multiip run --count {count} --prefix {target.prefix}, as the lab host") as show:
+            execute.run_script(render.setup_script(plan), show, netns=the_lab.host_ns)
+        ui.status_table(state.status(target))
+    finally:
+        with ui.ScriptProgress("multiip down, then the lab") as show:
+            try:
+                execute.run_script(render.teardown_script(target), show, netns=the_lab.host_ns)
+            finally:
+                execute.run_script(render.render("lab_down.sh.j2", lab=the_lab), show)

@@ -1,0 +1,82 @@
+"""Helpers for tests: run commands and multiip (optionally as the lab host), read a host's network state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def sh(*argv: str, check: bool = True, netns: str | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    if netns:
+        argv = ("nsenter", f"--net=/run/netns/{netns}", "--", *argv)
+    return subprocess.run(argv, check=check, text=True, capture_output=True, **kw)
+
+
+def multiip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it (python -m multiip), optionally as the lab host."""
+    cp = sh(sys.executable, "-m", "multiip", *args, netns=netns, check=False, stdin=subprocess.DEVNULL)
+    if check and cp.returncode != 0:
+        raise AssertionError(f"multiip {' '.join(args)} exited {cp.returncode}:\n{cp.stderr}")
+    return cp
+
+
+def ip_json(*argv: str, netns: str | None = None) -> Any:
+    return json.loads(sh("ip", "-j", *argv, netns=netns).stdout or "[]")
+
+
+def netns_names() -> list[str]:
+    return [line.split()[0] for line in sh("ip", "netns", "list").stdout.splitlines() if line.strip()]
+
+
+def ours(prefix: str) -> list[str]:
+    return [n for n in netns_names() if n.startswith(prefix) and n[len(prefix) :].isdigit()]
+
+
+def host_state(netns: str, prefix: str) -> dict[str, Any]:
+    """The lab host's network and the setup's namespaces, without what differs between equal setups (MACs,
+    interface indexes, timers)."""
+    links = sorted(
+        (x["ifname"], x.get("master"), x.get("operstate"), (x.get("linkinfo") or {}).get("info_kind"))
+        for x in ip_json("-d", "link", "show", netns=netns)
+    )
+    addrs = sorted(
+        (x["ifname"], a["local"], a["prefixlen"], a.get("broadcast"))
+        for x in ip_json("-4", "address", "show", netns=netns)
+        for a in x.get("addr_info", [])
+    )
+    routes = sorted(json.dumps(r, sort_keys=True) for r in ip_json("-4", "route", "show", netns=netns))
+    inside = {}
+    for ns in ours(prefix):
+        inside[ns] = {
+            "links": sorted((x["ifname"], x.get("operstate")) for x in ip_json("link", "show", netns=ns)),
+            "addresses": sorted(
+                (x["ifname"], a["local"], a["prefixlen"])
+                for x in ip_json("-4", "address", "show", netns=ns)
+                for a in x.get("addr_info", [])
+            ),
+            "routes": sorted(json.dumps(r, sort_keys=True) for r in ip_json("-4", "route", "show", netns=ns)),
+            "ports": sh("cat", "/proc/sys/net/ipv4/ip_local_port_range", netns=ns).stdout.split(),
+            "resolv.conf": Path(f"/etc/netns/{ns}/resolv.conf").exists(),
+        }
+    return {"links": links, "addresses": addrs, "routes": routes, "namespaces": inside}
+
+
+def leftovers(prefix: str, netns: str) -> list[str]:
+    """What a removed setup could leave behind: namespaces, links, processes, files."""
+    left = [f"namespace {n}" for n in ours(prefix)]
+    left += [f"link {x['ifname']}" for x in ip_json("link", "show", netns=netns) if x["ifname"].startswith(prefix)]
+    for pattern in (f"/etc/netns/{prefix}*", f"/var/lib/dhcpcd/{prefix}-t*", f"/run/dhcpcd/{prefix}-t*"):
+        left += [f"file {p}" for p in Path("/").glob(pattern.lstrip("/"))]
+    if Path(f"/run/multiip/{prefix}").exists():
+        left.append(f"dir /run/multiip/{prefix}")
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if f"/run/multiip/{prefix}/" in cmdline or f"{prefix}-t" in cmdline:
+            left.append(f"process {proc.name}: {cmdline.replace(chr(0), ' ')}")
+    return left

@@ -1,0 +1,105 @@
+"""The CLI contract: data on stdout, one line on stderr for every error, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from helpers import multiip, ours
+
+from multiip import cli
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["render", "--count", "0"],
+        ["render", "--count", "-3"],
+        ["render", "--count", "5000"],
+        ["render", "--count", "abc"],
+        ["render", "--prefix", "$(touch /tmp/multiip-pwned)"],
+        ["render", "--bridge", "br0;reboot"],
+        ["render", "--uplink", "eth0 && reboot"],
+        ["render", "--uplink", "averyveryverylongname"],
+        ["render", "--dhcp", "pump"],
+        ["render", "--dhcp", "none", "--address", "198.18.0.1"],
+        ["render", "--dhcp", "none", "--address", "198.18.0.250/24", "--count", "10"],
+        ["render", "--port-range", "70000-80000"],
+        ["render", "--bridge-tool", "ovs"],
+        ["render", "--nope"],
+        ["run", "--count", "0", "--yes"],
+        ["run", "--dhcp", "none", "--address", "1.2.3.4/40", "--yes"],
+        ["down", "--prefix", "a b", "--yes"],
+        ["status", "--bridge", "x" * 16],
+        ["lab", "up", "--name", "far-too-long-name"],
+        ["lab", "exec", "--name", "nolabhere", "--", "true"],
+    ],
+)
+def test_bad_input_is_one_line(args: list[str]) -> None:
+    cp = multiip(*args, check=False)
+    assert cp.returncode != 0
+    assert cp.stdout == ""
+    lines = cp.stderr.splitlines()
+    assert len(lines) == 1, cp.stderr
+    assert lines[0].startswith("multiip: error: ")
+    assert "Traceback" not in cp.stderr
+
+
+def test_render_prints_a_script() -> None:
+    cp = multiip("render", "--count", "3")
+    assert cp.stdout.startswith("#!/usr/bin/env bash\n") and "COUNT=3\n" in cp.stdout
+    assert cp.stderr == ""
+    teardown = multiip("render", "--teardown").stdout
+    assert "netns del" in teardown and "restore_uplink" in teardown
+
+
+def test_dry_run_prints_what_render_prints() -> None:
+    args = ["--count", "7", "--prefix", "dry", "--dhcp", "none", "--address", "198.18.50.1/15"]
+    assert multiip("run", *args, "--dry-run").stdout == multiip("render", *args).stdout
+    assert (
+        multiip("down", "--prefix", "dry", "--dry-run").stdout
+        == multiip("render", "--teardown", "--prefix", "dry").stdout
+    )
+
+
+def test_run_without_terminal_or_yes_refuses_before_changing_anything() -> None:
+    cp = multiip("run", "--count", "2", "--prefix", "refuse", check=False)
+    assert cp.returncode != 0
+    assert "pass --yes" in cp.stderr and len(cp.stderr.splitlines()) == 1
+    assert not ours("refuse")
+
+
+@pytest.mark.parametrize("command", [["run", "--yes"], ["down", "--yes"], ["lab", "up"], ["lab", "down"]])
+def test_not_root_is_refused(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(sys, "argv", ["multiip", *command])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert err.startswith("multiip: error: ") and "root" in err and len(err.splitlines()) == 1
+
+
+def test_internal_error_is_one_line_too(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def boom(*_: object) -> str:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(cli.render, "setup_script", boom)
+    monkeypatch.setattr(sys, "argv", ["multiip", "render"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 70
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "internal error" in err and "Traceback" not in err
+
+
+def test_status_json_with_nothing_set_up() -> None:
+    data = json.loads(multiip("status", "--prefix", "nothinghere", "--json").stdout)
+    assert data["namespaces"] == [] and data["prefix"] == "nothinghere"
+
+
+def test_version() -> None:
+    assert multiip("--version").stdout.startswith("multiip ")

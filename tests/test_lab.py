@@ -1,0 +1,250 @@
+"""Integration, as root, inside the lab: a host on a LAN made of namespaces, never the machine's own network."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import host_state, ip_json, leftovers, multiip, ours, sh
+
+from multiip import lab as labmod
+
+pytestmark = pytest.mark.root
+
+LAB_NET = ipaddress.IPv4Network("198.18.0.0/15")
+
+
+def releases(lab: labmod.Lab) -> int:
+    return len(re.findall(r"DHCPRELEASE\(lan0\)", (lab.state_dir / "dnsmasq.log").read_text()))
+
+
+def active_leases(lab: labmod.Lab) -> int:
+    return len((lab.state_dir / "dnsmasq.leases").read_text().splitlines())
+
+
+def render_to(tmp_path: Path, name: str, *args: str) -> Path:
+    path = tmp_path / name
+    path.write_text(multiip("render", *args).stdout)
+    return path
+
+
+def assert_clean(lab: labmod.Lab, prefix: str, uplink_before: dict[str, object]) -> None:
+    assert leftovers(prefix, lab.host_ns) == []
+    after = host_state(lab.host_ns, prefix)
+    assert after == uplink_before, "the lab host's network is not as it was"
+
+
+def check_dhcp_setup(lab: labmod.Lab, prefix: str, count: int) -> dict[str, object]:
+    """count namespaces, each with a lab DHCP address and a resolver of its own; status --json agrees with ip."""
+    status = json.loads(multiip("status", "--prefix", prefix, "--json").stdout)
+    rows = status["namespaces"]
+    assert [r["name"] for r in rows] == [f"{prefix}{i}" for i in range(count)]
+    seen = set()
+    for r in rows:
+        assert r["ipv4"] is not None, r
+        ip = ipaddress.IPv4Interface(r["ipv4"])
+        assert ip.ip in LAB_NET and ip.ip >= lab.dhcp_first and ip.network == LAB_NET
+        assert r["gateway"] == str(lab.lan_ip)
+        assert r["dhcp_alive"] and r["port_range"] == "1024-65535"
+        seen.add(str(ip.ip))
+        # what ip says in that namespace
+        links = {x["ifname"]: x for x in ip_json("address", "show", netns=r["name"])}
+        link = links[r["interface"]]
+        assert link["address"] == r["mac"]
+        assert [f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"] if a["family"] == "inet"] == [r["ipv4"]]
+        resolv = Path(f"/etc/netns/{r['name']}/resolv.conf").read_text()
+        assert f"nameserver {lab.lan_ip}" in resolv  # the lab's DNS option landed in the namespace's own file
+    assert len(seen) == count
+    return status
+
+
+def connect_from(namespaces: list[str], lab: labmod.Lab) -> list[subprocess.Popen[str]]:
+    """One held connection from each namespace to the lab sink (a small bounded client each)."""
+    code = (
+        "import socket,sys,time; s=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5); "
+        "print('up', flush=True); time.sleep(10)"
+    )
+    procs = []
+    for ns in namespaces:
+        p = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", code, str(lab.lan_ip), str(lab.port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(p)
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "up"
+    return procs
+
+
+def wait_for(predicate, seconds: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def test_exported_script_gives_20_dhcp_namespaces_and_teardown_removes_them(
+    lab: labmod.Lab, prefix: str, tmp_path: Path
+) -> None:
+    before = host_state(lab.host_ns, prefix)
+    resolv_before = Path("/etc/resolv.conf").read_bytes()
+    setup = render_to(tmp_path, "setup.sh", "--prefix", prefix)  # the defaults: 20 namespaces, DHCP auto
+    teardown = render_to(tmp_path, "teardown.sh", "--teardown", "--prefix", prefix)
+    sh("bash", str(setup), netns=lab.host_ns)
+    status = check_dhcp_setup(lab, prefix, 20)
+    assert status["uplink"] == "eth0" and status["bridge"] == "br0"
+    # the host kept its address, now on the bridge, with its default route
+    addrs = {
+        x["ifname"]: [a["local"] for a in x["addr_info"]] for x in ip_json("-4", "address", "show", netns=lab.host_ns)
+    }
+    assert addrs["br0"] == [str(lab.host_ip)] and addrs.get("eth0", []) == []
+    assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "br0"
+    assert Path("/etc/resolv.conf").read_bytes() == resolv_before
+
+    # connections from two namespaces reach the sink, from their own addresses
+    ips = [r["ipv4"].split("/")[0] for r in status["namespaces"][:2]]  # type: ignore[index]
+    procs = connect_from([f"{prefix}0", f"{prefix}1"], lab)
+    try:
+        assert wait_for(lambda: all(labmod.sink_stats(lab)["peers"].get(ip) == 1 for ip in ips))
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+    released = releases(lab)
+    sh("bash", str(teardown), netns=lab.host_ns)
+    assert releases(lab) - released == 20  # the server saw every release
+    assert active_leases(lab) == 0
+    assert_clean(lab, prefix, before)
+
+
+def test_run_gives_20_dhcp_namespaces_and_down_removes_them(lab: labmod.Lab, prefix: str) -> None:
+    before = host_state(lab.host_ns, prefix)
+    multiip("run", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    check_dhcp_setup(lab, prefix, 20)
+    released = releases(lab)
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert releases(lab) - released == 20
+    assert_clean(lab, prefix, before)
+
+
+def test_script_and_run_leave_the_same_host(lab: labmod.Lab, prefix: str, tmp_path: Path) -> None:
+    """One source of truth: the exported script and `run` give the same host (static addresses)."""
+    args = [
+        "--prefix",
+        prefix,
+        "--count",
+        "6",
+        "--dhcp",
+        "none",
+        "--address",
+        "198.18.200.1/15",
+        "--bridge-tool",
+        "brctl",
+    ]
+    before = host_state(lab.host_ns, prefix)
+    sh("bash", str(render_to(tmp_path, "setup.sh", *args)), netns=lab.host_ns)
+    by_script = host_state(lab.host_ns, prefix)
+    sh("bash", str(render_to(tmp_path, "teardown.sh", "--teardown", "--prefix", prefix)), netns=lab.host_ns)
+    assert_clean(lab, prefix, before)
+    multiip("run", *args, "--yes", netns=lab.host_ns)
+    by_run = host_state(lab.host_ns, prefix)
+    assert by_run == by_script
+    assert by_run["namespaces"][f"{prefix}5"]["addresses"] == [
+        ("lo", "127.0.0.1", 8),
+        (f"{prefix}-t5", "198.18.200.6", 15),
+    ]
+    assert by_run["namespaces"][f"{prefix}0"]["ports"] == ["1024", "65535"]
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert_clean(lab, prefix, before)
+
+
+def test_running_again_changes_nothing(lab: labmod.Lab, prefix: str) -> None:
+    args = ["--prefix", prefix, "--count", "4", "--yes"]
+    multiip("run", *args, netns=lab.host_ns)
+    first = host_state(lab.host_ns, prefix)
+    again = multiip("run", *args, netns=lab.host_ns)
+    assert "started 0 DHCP clients (4 already running)" in again.stderr
+    assert host_state(lab.host_ns, prefix) == first
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+
+
+@pytest.mark.parametrize("client", ["dhclient", "dhcpcd", "udhcpc"])
+def test_each_dhcp_client(lab: labmod.Lab, prefix: str, client: str) -> None:
+    before = host_state(lab.host_ns, prefix)
+    resolv_before = Path("/etc/resolv.conf").read_bytes()
+    multiip("run", "--prefix", prefix, "--count", "3", "--dhcp", client, "--yes", netns=lab.host_ns)
+    status = check_dhcp_setup(lab, prefix, 3)
+    assert status["dhcp"] == client
+    if client != "dhcpcd":
+        assert all(r["lease_expires"] for r in status["namespaces"])  # type: ignore[union-attr]
+    assert Path("/etc/resolv.conf").read_bytes() == resolv_before
+    released = releases(lab)
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert releases(lab) - released == 3
+    assert_clean(lab, prefix, before)
+
+
+def test_host_dhcp_mode_the_seeds_way(lab: labmod.Lab, prefix: str) -> None:
+    before = host_state(lab.host_ns, prefix)
+    multiip("run", "--prefix", prefix, "--count", "2", "--host-dhcp", "--dhcp", "dhclient", "--yes", netns=lab.host_ns)
+    br = next(iter(ip_json("-4", "address", "show", "dev", "br0", netns=lab.host_ns)))
+    assert ipaddress.IPv4Address(br["addr_info"][0]["local"]) >= lab.dhcp_first  # the bridge asked DHCP
+    assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "br0"
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert_clean(lab, prefix, before)
+
+
+def test_down_works_without_the_state_directory(lab: labmod.Lab, prefix: str) -> None:
+    before = host_state(lab.host_ns, prefix)
+    multiip("run", "--prefix", prefix, "--count", "3", "--yes", netns=lab.host_ns)
+    shutil.rmtree(f"/run/multiip/{prefix}")
+    released = releases(lab)
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert releases(lab) - released == 3  # found the udhcpc clients by namespace; -R released on exit
+    assert_clean(lab, prefix, before)
+
+
+def test_namespaces_without_a_lease_are_named(prefix: str) -> None:
+    """A DHCP server with 2 leases and 3 namespaces: run fails, names the one without, and down cleans up."""
+    small = labmod.make_lab(name=prefix + "s", leases=2, capacity=100)
+    multiip("lab", "up", "--name", small.name, "--leases", "2", "--capacity", "100")
+    try:
+        before = host_state(small.host_ns, prefix)
+        cp = multiip(
+            "run", "--prefix", prefix, "--count", "3", "--lease-timeout", "4", "--yes", netns=small.host_ns, check=False
+        )
+        assert cp.returncode != 0
+        last = cp.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(rf"multiip: error: no DHCP lease within 4s for 1 of 3 namespaces: {prefix}\d .*", last), (
+            last
+        )
+        multiip("down", "--prefix", prefix, "--yes", netns=small.host_ns)
+        assert_clean(small, prefix, before)
+    finally:
+        multiip("lab", "down", "--name", small.name)
+
+
+def test_a_missing_uplink_changes_nothing(lab: labmod.Lab, prefix: str) -> None:
+    before = host_state(lab.host_ns, prefix)
+    cp = multiip("run", "--prefix", prefix, "--uplink", "nosuch0", "--yes", netns=lab.host_ns, check=False)
+    assert cp.returncode != 0
+    assert cp.stderr.strip().splitlines()[-1] == "multiip: error: uplink nosuch0 does not exist"
+    assert not ours(prefix) and host_state(lab.host_ns, prefix) == before
+
+
+def test_lab_host_has_a_real_looking_uplink(lab: labmod.Lab) -> None:
+    addrs = ip_json("-4", "address", "show", "dev", "eth0", netns=lab.host_ns)
+    assert addrs[0]["addr_info"][0]["local"] == str(lab.host_ip)
+    assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["gateway"] == str(lab.lan_ip)
+    assert labmod.sink_stats(lab)["workers"] == lab.workers
