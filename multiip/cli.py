@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from multiip import __version__, demo, execute, lab, render, state, ui
+from multiip import __version__, demo, execute, hold, lab, render, state, ui
 from multiip.errors import MultiipError
 from multiip.plan import Plan, Target, make_plan, make_target
 
@@ -232,12 +232,62 @@ def status(prefix: Prefix = "ns", bridge: Bridge = "br0", json_out: Json = False
         ui.console.print(f"multiip: no namespaces named {prefix}<N> on this host", markup=False)
 
 
+@app.command("hold")
+def hold_cmd(
+    server: Annotated[str, typer.Argument(metavar="HOST:PORT", help="The server to connect to (IPv4:port).")],
+    prefix: Prefix = "ns",
+    bridge: Bridge = "br0",
+    per_ip: Annotated[
+        int | None, typer.Option(help="Connections per namespace. Default: its whole port range.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Hold this many seconds after the ramp, then close all. Default: until Ctrl-C.")
+    ] = None,
+    rate: Annotated[float, typer.Option(help="At most this many new connections per second (0: no cap).")] = 0.0,
+    json_out: Json = False,
+) -> None:
+    """Open and hold connections to HOST:PORT from every namespace, each bound to its own IP and ports."""
+    target = make_target(prefix, bridge)
+    where = hold.parse_server(server)
+    if per_ip is not None and per_ip < 1:
+        raise MultiipError(f"--per-ip {per_ip}: must be at least 1")
+    if duration is not None and duration < 0:
+        raise MultiipError(f"--duration {duration}: must be 0 or more")
+    if rate < 0:
+        raise MultiipError(f"--rate {rate}: must be 0 or more")
+    shares = hold.plan_shares(target, per_ip)
+    for note in hold.preflight(shares):
+        ui.console.print(f"multiip: {note}", markup=False)
+    with ui.HoldProgress(sum(s.count for s in shares)) as progress:
+        result = hold.hold(shares, where, duration, rate, progress)
+    ui.hold_table(result)
+    ui.console.print(headline(result), markup=False)
+    if json_out:
+        print(json.dumps(result, indent=2))
+    if result["interrupted"]:
+        raise typer.Exit(130)
+
+
+def headline(result: dict[str, object]) -> str:
+    est = int(str(result["established"]))
+    n = len(result["namespaces"])  # type: ignore[arg-type]
+    secs = result["seconds"]
+    ramp = f" in {secs:.1f} s" if isinstance(secs, float) else ""
+    return (
+        f"multiip: {est:,} connections held to {result['server']} from {n} source IPs on one host{ramp}: "
+        f"{est / 64512:.1f}x the 64,512 one IP can open"
+    )
+
+
 @app.command("demo")
 def demo_cmd(count: Count = 4) -> None:
     """Show it working without touching this host's network: lab up, run, status, down."""
     _need_root("demo")
-    lab_opts = make_plan(count=count)  # validates --count before anything starts
-    demo.run(lab_opts.count)
+    plan = make_plan(count=count)  # validates --count before anything starts
+    result = demo.run(plan.count)
+    ui.console.print(headline(result), markup=False)
+    if result["established"] != result["target"]:
+        raise MultiipError(f"held {result['established']:,} of {result['target']:,} connections", exit_code=1)
 
 
 @lab_app.command("up")

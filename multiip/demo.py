@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 import string
 
-from multiip import execute, lab, render, state, ui
+from multiip import execute, hold, lab, render, state, ui
 from multiip.plan import make_plan
 
+HOLD_SECONDS = 3.0
 
-def run(count: int) -> None:
-    """Lab up, `run --count N` as the lab host, status table, teardown: also on Ctrl-C or failure."""
+
+def run(count: int) -> dict[str, Any]:
+    """Lab up, `run --count N` as the lab host, status table, hold N x 64,512 connections to the lab's
+    sink, teardown: also on Ctrl-C or failure. Returns the hold's result."""
     tag = "".join(random.choices(string.ascii_lowercase, k=4))  # names no other run uses
-    the_lab = lab.make_lab(name=f"demo{tag}", leases=max(64, count * 2), capacity=max(10_000, count * 70_000))
+    the_lab = lab.make_lab(name=f"demo{tag}", leases=max(64, count * 2), capacity=count * 64512 + 10_000)
     plan = make_plan(prefix=f"d{tag}", count=count)
     target = plan.target
     with ui.ScriptProgress(f"multiip demo: lab {the_lab.name} (a host on a LAN, all in namespaces)") as show:
@@ -21,6 +25,15 @@ def run(count: int) -> None:
         with ui.ScriptProgress(f"multiip run --count {count} --prefix {target.prefix}, as the lab host") as show:
             execute.run_script(render.setup_script(plan), show, netns=the_lab.host_ns)
         ui.status_table(state.status(target))
+        shares = hold.plan_shares(target, None)
+        for note in hold.preflight(shares):
+            ui.console.print(f"multiip: {note}", markup=False)
+        server = hold.Server(the_lab.lan_ip, the_lab.port)
+        ui.console.print(f"[bold]multiip hold {server} --prefix {target.prefix} --duration {HOLD_SECONDS:g}[/bold]")
+        with ui.HoldProgress(sum(s.count for s in shares)) as progress:
+            result = hold.hold(shares, server, HOLD_SECONDS, 0.0, progress)
+        ui.hold_table(result)
+        return result
     finally:
         with ui.ScriptProgress("multiip down, then the lab") as show:
             try:

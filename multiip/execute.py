@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,6 +85,17 @@ def capture(argv: Sequence[str], ok: Sequence[int] = (0,)) -> str:
     except sh.ErrorReturnCode as e:
         err = e.stderr.decode(errors="replace").strip().splitlines()
         raise MultiipError(f"{' '.join(argv[:3])}: {err[-1] if err else f'exit {e.exit_code}'}") from None
+
+
+def spawn(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start a long-running helper whose stdout the caller reads; in its own session, so a Ctrl-C
+    reaches only the caller, which stops it in order."""
+    path = which(argv[0])
+    if path is None:
+        raise MultiipError(f"{argv[0]} not found")
+    return subprocess.Popen(
+        [path, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=environment(), start_new_session=True
+    )
 
 
 def in_netns(namespace: str, argv: Sequence[str]) -> list[str]:

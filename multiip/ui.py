@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from types import TracebackType
 from typing import Any
 
@@ -101,4 +102,47 @@ def status_table(data: dict[str, Any]) -> None:
             (r["lease_expires"] or "-").replace("+00:00", "Z"),
             r["port_range"] or "-",
         )
+    console.print(table)
+
+
+class HoldProgress:
+    """established / target with the rate: a bar on a terminal, a line every 2 s elsewhere."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.live = console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>9,.0f} conn/s"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not self.live,
+        )
+        self.task = self.progress.add_task("ramp", total=total, rate=0.0)
+        self.next_line = 0.0
+
+    def __enter__(self) -> HoldProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.progress.__exit__(kind, value, tb)
+
+    def __call__(self, established: int, total: int, rate: float, phase: str) -> None:
+        self.progress.update(self.task, completed=established, rate=rate, description=phase)
+        now = time.monotonic()
+        if not self.live and now >= self.next_line:
+            self.next_line = now + 2
+            console.print(f"  {phase}: {established:,}/{total:,} established, {rate:,.0f} conn/s", markup=False)
+
+
+def hold_table(result: dict[str, Any]) -> None:
+    table = Table(title=f"connections to {result['server']}", title_justify="left")
+    for col in ("namespace", "IP", "connections", "failed"):
+        table.add_column(col, no_wrap=True, justify="right" if col == "connections" else "left")
+    for r in result["namespaces"]:
+        failed = ", ".join(f"{k} {v:,}" for k, v in sorted(r["failed"].items())) or "-"
+        table.add_row(r["name"], r["ip"], f"{r['established']:,}", failed)
     console.print(table)

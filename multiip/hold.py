@@ -1,0 +1,290 @@
+"""``multiip hold``: open and hold TCP connections to one server from every namespace of a setup.
+
+Each namespace's share is split over worker processes (``multiip.holdworker``) started inside that
+namespace, as many as the open-file limit needs. This module plans, checks, starts, watches and stops
+them; a worker that dies or reports a fatal error stops the whole run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from multiip import execute, state
+from multiip.errors import MultiipError
+from multiip.plan import Target
+
+KERNEL_BYTES_PER_SOCKET = 3.6 * 1024  # measured here: one TCP socket with nothing queued
+FD_MARGIN = 64  # files a worker keeps for itself (python, pipes, epoll)
+
+
+@dataclass(frozen=True)
+class Server:
+    host: ipaddress.IPv4Address
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_server(text: str) -> Server:
+    host, sep, port = text.rpartition(":")
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise MultiipError(f"target {text!r}: write it as IPv4:PORT, e.g. 198.18.0.1:9000") from None
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise MultiipError(f"target {text!r}: the port must be 1..65535")
+    return Server(ip, int(port))
+
+
+@dataclass
+class Share:
+    """One namespace's part: its address and the ports its workers bind."""
+
+    namespace: str
+    ip: str
+    lo: int
+    hi: int  # inclusive
+    workers: list[tuple[int, int]] = field(default_factory=list)  # (lo, hi) per worker
+
+    @property
+    def count(self) -> int:
+        return self.hi - self.lo + 1
+
+
+def fd_limit() -> int:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return hard if hard != resource.RLIM_INFINITY else 1 << 20
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def plan_shares(target: Target, per_ip: int | None) -> list[Share]:
+    names = state.namespaces(target)
+    if not names:
+        raise MultiipError(
+            f"no setup with prefix {target.prefix} on this host: multiip status --prefix {target.prefix}"
+        )
+    rows = [state.namespace_status(target, ns, None) for ns in names]
+    missing = [r.name for r in rows if not r.ipv4]
+    if missing:
+        raise MultiipError(f"no IPv4 address in {', '.join(missing)}: see multiip status --prefix {target.prefix}")
+    per_worker = fd_limit() - FD_MARGIN
+    shares = []
+    for r in rows:
+        lo, hi = (int(x) for x in (r.port_range or "32768-60999").split("-"))
+        size = hi - lo + 1
+        n = size if per_ip is None else per_ip
+        if n > size:
+            raise MultiipError(f"--per-ip {n}: {r.name}'s port range {lo}-{hi} has only {size} ports")
+        assert r.ipv4 is not None
+        share = Share(r.name, r.ipv4.split("/")[0], lo, lo + n - 1)
+        k = math.ceil(n / per_worker)
+        step = math.ceil(n / k)
+        share.workers = [(a, min(a + step - 1, share.hi)) for a in range(lo, share.hi + 1, step)]
+        shares.append(share)
+    return shares
+
+
+def preflight(shares: list[Share]) -> list[str]:
+    """What could stop the run short, said before it starts."""
+    total = sum(s.count for s in shares)
+    workers = sum(len(s.workers) for s in shares)
+    notes = [
+        f"{total:,} connections from {len(shares)} addresses, {workers} worker processes "
+        f"(open-file limit {fd_limit():,} each)"
+    ]
+    small = [s for s in shares if s.count < 64512 and s.hi - s.lo + 1 == s.count and s.lo > 1024]
+    if small:
+        notes.append(f"port range {small[0].lo}-{small[0].hi} in {small[0].namespace}: fewer than 64,512 ports per IP")
+    file_max = _read_int("/proc/sys/fs/file-max")
+    if file_max is not None and file_max < total * 2:
+        notes.append(f"warning: fs.file-max is {file_max:,}; {total:,} sockets (x2 if the server is here) may not fit")
+    ct_max = _read_int("/proc/sys/net/netfilter/nf_conntrack_max")
+    if ct_max is not None and ct_max < total:
+        notes.append(
+            f"warning: nf_conntrack_max is {ct_max:,} < {total:,}: if connection tracking sees these namespaces "
+            "(NAT or stateful firewall rules there), new connections get dropped"
+        )
+    avail_kb = None
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            avail_kb = int(line.split()[1])
+    need = total * KERNEL_BYTES_PER_SOCKET
+    if avail_kb is not None:
+        verdict = "fits" if need * 2 < avail_kb * 1024 * 0.9 else "warning: may not fit"
+        notes.append(
+            f"memory: about {need / 2**30:.1f} GiB of kernel memory ({need * 2 / 2**30:.1f} GiB with the server on "
+            f"this host) against {avail_kb / 2**20:.1f} GiB available: {verdict}"
+        )
+    return notes
+
+
+@dataclass
+class Worker:
+    share: Share
+    lo: int
+    hi: int
+    proc: subprocess.Popen[bytes]
+    buf: bytes = b""
+    last: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+
+
+def _spawn(share: Share, lo: int, hi: int, server: Server, rate: float) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable,
+        "-m",
+        "multiip.holdworker",
+        share.ip,
+        str(lo),
+        str(hi),
+        str(server.host),
+        str(server.port),
+        "--rate",
+        f"{rate:.3f}",
+        "--parent",
+        str(os.getpid()),
+    ]
+    return execute.spawn(execute.in_netns(share.namespace, argv))
+
+
+Progress = Callable[[int, int, float, str], None]  # established, target, connections/s, phase
+
+
+def hold(
+    shares: list[Share], server: Server, duration: float | None, rate: float, progress: Progress
+) -> dict[str, Any]:
+    """Ramp up, hold for ``duration`` seconds (None: until Ctrl-C), close everything; the result as a dict."""
+    total = sum(s.count for s in shares)
+    n_workers = sum(len(s.workers) for s in shares)
+    per_worker_rate = rate / n_workers if rate > 0 else 0.0
+    workers: list[Worker] = []
+    sel = selectors.DefaultSelector()
+    start = time.monotonic()
+    ramp_seconds: float | None = None
+    peak = 0
+    hold_until: float | None = None
+    interrupted = False
+    try:
+        for share in shares:
+            for lo, hi in share.workers:
+                w = Worker(share, lo, hi, _spawn(share, lo, hi, server, per_worker_rate))
+                workers.append(w)
+                assert w.proc.stdout is not None
+                os.set_blocking(w.proc.stdout.fileno(), False)
+                sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+        last_est, last_t = 0, start
+        while True:
+            try:
+                _pump(sel)
+            except KeyboardInterrupt:
+                interrupted = True
+                break
+            now = time.monotonic()
+            est = sum(w.last.get("est", 0) for w in workers)
+            peak = max(peak, est)
+            fatal = next((w for w in workers if "fatal" in w.last), None)
+            if fatal:
+                raise MultiipError(
+                    f"{server} cannot be reached from {fatal.share.namespace} ({fatal.share.ip}): "
+                    f"{fatal.last['fatal']} on every attempt"
+                )
+            dead = next((w for w in workers if w.closed), None)
+            if dead:
+                raise MultiipError(
+                    f"a worker in {dead.share.namespace} died (exit {dead.proc.wait()}); stopped all workers"
+                )
+            if ramp_seconds is None and all(w.last.get("done") for w in workers):
+                ramp_seconds = now - start
+                hold_until = None if duration is None else now + duration
+            rate_now = (est - last_est) / (now - last_t) if now > last_t else 0.0
+            if now - last_t >= 0.5:
+                last_est, last_t = est, now
+            progress(est, total, max(rate_now, 0.0), "ramp" if ramp_seconds is None else "hold")
+            if hold_until is not None and now >= hold_until:
+                break
+    finally:
+        finals = _stop_all(workers, sel)
+    failed: Counter[str] = Counter()
+    per_ns: dict[str, dict[str, Any]] = {}
+    for w in workers:
+        info = finals.get(id(w)) or w.last
+        row = per_ns.setdefault(
+            w.share.namespace,
+            {"name": w.share.namespace, "ip": w.share.ip, "target": w.share.count, "established": 0, "failed": {}},
+        )
+        row["established"] += info.get("peak", 0)
+        for k, v in info.get("fail", {}).items():
+            row["failed"][k] = row["failed"].get(k, 0) + v
+            failed[k] += v
+    return {
+        "server": str(server),
+        "target": total,
+        "established": peak,
+        "failed": dict(failed),
+        "seconds": round(ramp_seconds, 3) if ramp_seconds is not None else None,
+        "rate": round(peak / ramp_seconds, 1) if ramp_seconds else None,
+        "held_for": duration,
+        "interrupted": interrupted,
+        "namespaces": list(per_ns.values()),
+    }
+
+
+def _pump(sel: selectors.BaseSelector, timeout: float = 0.2) -> None:
+    """Read whatever workers said; mark a worker closed at end of file."""
+    for key, _ in sel.select(timeout):
+        w: Worker = key.data
+        try:
+            chunk = os.read(key.fd, 65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            sel.unregister(key.fileobj)
+            w.closed = True
+            continue
+        w.buf += chunk
+        *lines, w.buf = w.buf.split(b"\n")
+        for line in lines:
+            if line.strip():
+                w.last = json.loads(line)
+
+
+def _stop_all(workers: list[Worker], sel: selectors.BaseSelector) -> dict[int, dict[str, Any]]:
+    """SIGTERM every worker, collect its last words, SIGKILL any still there after 10 s."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while any(not w.closed for w in workers) and time.monotonic() < deadline and sel.get_map():
+        try:
+            _pump(sel)
+        except KeyboardInterrupt:
+            break
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.kill()
+        w.proc.wait()
+        if w.proc.stdout:
+            w.proc.stdout.close()
+    sel.close()
+    return {id(w): w.last for w in workers if w.last.get("closed")}
