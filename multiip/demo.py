@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 import string
+from typing import Any
 
 from multiip import execute, hold, lab, render, state, ui
 from multiip.plan import make_plan

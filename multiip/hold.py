@@ -150,21 +150,11 @@ class Worker:
     closed: bool = False
 
 
-def _spawn(share: Share, lo: int, hi: int, server: Server, rate: float) -> subprocess.Popen[bytes]:
-    argv = [
-        sys.executable,
-        "-m",
-        "multiip.holdworker",
-        share.ip,
-        str(lo),
-        str(hi),
-        str(server.host),
-        str(server.port),
-        "--rate",
-        f"{rate:.3f}",
-        "--parent",
-        str(os.getpid()),
-    ]
+def _spawn(share: Share, lo: int, hi: int, server: Server, rate: float, bind: bool) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "multiip.holdworker", share.ip, str(lo), str(hi), str(server.host)]
+    argv += [str(server.port), "--rate", f"{rate:.3f}", "--parent", str(os.getpid())]
+    if not bind:
+        argv.append("--no-bind")
     return execute.spawn(execute.in_netns(share.namespace, argv))
 
 
@@ -172,9 +162,18 @@ Progress = Callable[[int, int, float, str], None]  # established, target, connec
 
 
 def hold(
-    shares: list[Share], server: Server, duration: float | None, rate: float, progress: Progress
+    shares: list[Share],
+    server: Server,
+    duration: float | None,
+    rate: float,
+    progress: Progress,
+    bind: bool = True,
+    on_hold: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Ramp up, hold for ``duration`` seconds (None: until Ctrl-C), close everything; the result as a dict."""
+    """Ramp up, hold for ``duration`` seconds (None: until Ctrl-C), close everything; the result as a dict.
+
+    ``bind=False`` connects without bind (the kernel's port search); ``on_hold`` runs once the ramp is over
+    (the benchmark measures memory there)."""
     total = sum(s.count for s in shares)
     n_workers = sum(len(s.workers) for s in shares)
     per_worker_rate = rate / n_workers if rate > 0 else 0.0
@@ -188,7 +187,7 @@ def hold(
     try:
         for share in shares:
             for lo, hi in share.workers:
-                w = Worker(share, lo, hi, _spawn(share, lo, hi, server, per_worker_rate))
+                w = Worker(share, lo, hi, _spawn(share, lo, hi, server, per_worker_rate, bind))
                 workers.append(w)
                 assert w.proc.stdout is not None
                 os.set_blocking(w.proc.stdout.fileno(), False)
@@ -216,7 +215,9 @@ def hold(
                 )
             if ramp_seconds is None and all(w.last.get("done") for w in workers):
                 ramp_seconds = now - start
-                hold_until = None if duration is None else now + duration
+                if on_hold is not None:
+                    on_hold()
+                hold_until = None if duration is None else time.monotonic() + duration
             rate_now = (est - last_est) / (now - last_t) if now > last_t else 0.0
             if now - last_t >= 0.5:
                 last_est, last_t = est, now

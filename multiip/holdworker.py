@@ -7,7 +7,9 @@ RST (SO_LINGER 0: no TIME_WAIT left behind) and exits. Every 0.2 s it prints one
 If the first attempts all fail (refused, unreachable, timed out) it reports ``fatal`` and exits 3.
 It dies with its parent (PR_SET_PDEATHSIG), so no worker outlives ``multiip hold``.
 
-Run as ``python -m multiip.holdworker SRC LO HI HOST PORT [--rate R] [--parent PID]``.
+With ``--no-bind`` it makes as many plain connect() calls instead, letting the kernel search for free
+ports (the slow way, kept for comparison). Run as
+``python -m multiip.holdworker SRC LO HI HOST PORT [--rate R] [--parent PID] [--no-bind]``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inflight", type=int, default=512)
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("--parent", type=int, default=0)
+    ap.add_argument("--no-bind", action="store_true", help="plain connect(): the kernel searches for a free port")
     args = ap.parse_args(argv)
     die_with_parent(args.parent)
     signal.signal(signal.SIGTERM, _on_term)
@@ -100,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
-            try:
-                sock.bind((args.src, port))
-            except OSError as e:
-                port += 1
-                fail(sock, e.errno or 0)
-                continue
+            if not args.no_bind:
+                try:
+                    sock.bind((args.src, port))
+                except OSError as e:
+                    port += 1
+                    fail(sock, e.errno or 0)
+                    continue
             port += 1
             budget -= 1
             rc = sock.connect_ex(server)

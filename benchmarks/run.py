@@ -1,0 +1,21 @@
+"""`make bench`: every benchmark, each in one run, results in benchmarks/results/*.json. As root."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import million  # noqa: E402
+
+BENCHMARKS = {"million": million.main}
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (the lab uses network namespaces)")
+    names = sys.argv[1:] or list(BENCHMARKS)
+    for name in names:
+        print(f"bench: {name}", file=sys.stderr)
+        BENCHMARKS[name]()
