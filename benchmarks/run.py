@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import million  # noqa: E402
+import million
 
 BENCHMARKS = {"million": million.main}
 
