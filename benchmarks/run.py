@@ -9,8 +9,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import million
+import scale
 
-BENCHMARKS = {"million": million.main}
+BENCHMARKS = {"scale": scale.main, "million": million.main}
 
 if __name__ == "__main__":
     if os.geteuid() != 0:

@@ -14,7 +14,7 @@ import typer
 
 from multiip import __version__, demo, execute, hold, lab, render, state, ui
 from multiip.errors import MultiipError
-from multiip.plan import Plan, Target, make_plan, make_target
+from multiip.plan import Target, make_plan, make_target
 
 app = typer.Typer(
     add_completion=False,
@@ -64,6 +64,13 @@ HostDhcp = Annotated[
     ),
 ]
 LeaseTimeout = Annotated[int, typer.Option(help="Seconds to wait for every namespace's DHCP lease.")]
+TuneHost = Annotated[
+    bool,
+    typer.Option(
+        help="Raise the host-wide ARP table (gc_thresh1-3) and netdev_max_backlog limits that about 1000 "
+        "namespaces outgrow; down restores them. Without it such counts are refused with what to change."
+    ),
+]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before moving the uplink.")]
 DryRun = Annotated[bool, typer.Option(help="Print the script that would run, change nothing.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
@@ -103,34 +110,6 @@ def _run(script: str, title: str) -> None:
         execute.run_script(script, show)
 
 
-def _plan(
-    count: int,
-    prefix: str,
-    bridge: str,
-    uplink: str,
-    dhcp: str,
-    address: str | None,
-    gateway: str | None,
-    port_range: str,
-    bridge_tool: str,
-    host_dhcp: bool,
-    lease_timeout: int,
-) -> Plan:
-    return make_plan(
-        prefix=prefix,
-        bridge=bridge,
-        uplink=uplink,
-        count=count,
-        dhcp=dhcp,
-        address=address,
-        gateway=gateway,
-        port_range=port_range,
-        bridge_tool=bridge_tool,
-        host_dhcp=host_dhcp,
-        lease_timeout=lease_timeout,
-    )
-
-
 def _uplink_words(t: Target) -> str:
     return t.uplink or "the default route's interface"
 
@@ -148,15 +127,18 @@ def render_cmd(
     bridge_tool: BridgeTool = "ip",
     host_dhcp: HostDhcp = False,
     lease_timeout: LeaseTimeout = 30,
+    tune_host: TuneHost = False,
     teardown: Annotated[bool, typer.Option(help="Print the script that undoes the setup.")] = False,
 ) -> None:
     """Print a standalone bash script of the setup (or, with --teardown, of its undoing)."""
     if teardown:
         sys.stdout.write(render.teardown_script(make_target(prefix, bridge, uplink)))
         return
-    plan = _plan(
-        count, prefix, bridge, uplink, dhcp, address, gateway, port_range, bridge_tool, host_dhcp, lease_timeout
-    )
+    plan = make_plan(
+        prefix=prefix, bridge=bridge, uplink=uplink, count=count, dhcp=dhcp, address=address, gateway=gateway,
+        port_range=port_range, bridge_tool=bridge_tool, host_dhcp=host_dhcp, lease_timeout=lease_timeout,
+        tune_host=tune_host,
+    )  # fmt: skip
     sys.stdout.write(render.setup_script(plan))
 
 
@@ -173,13 +155,16 @@ def run(
     bridge_tool: BridgeTool = "ip",
     host_dhcp: HostDhcp = False,
     lease_timeout: LeaseTimeout = 30,
+    tune_host: TuneHost = False,
     yes: Yes = False,
     dry_run: DryRun = False,
 ) -> None:
     """Set up the namespaces here: runs exactly the script `multiip render` prints."""
-    plan = _plan(
-        count, prefix, bridge, uplink, dhcp, address, gateway, port_range, bridge_tool, host_dhcp, lease_timeout
-    )
+    plan = make_plan(
+        prefix=prefix, bridge=bridge, uplink=uplink, count=count, dhcp=dhcp, address=address, gateway=gateway,
+        port_range=port_range, bridge_tool=bridge_tool, host_dhcp=host_dhcp, lease_timeout=lease_timeout,
+        tune_host=tune_host,
+    )  # fmt: skip
     script = render.setup_script(plan)
     if dry_run:
         sys.stdout.write(script)

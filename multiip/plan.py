@@ -92,6 +92,7 @@ class Plan:
     bridge_tool: str = "ip"
     host_mode: str = "move"
     lease_timeout: int = 30
+    tune_host: bool = False
 
     @property
     def namespaces(self) -> list[str]:
@@ -116,6 +117,8 @@ class Plan:
             out += ["--host-dhcp"]
         if self.lease_timeout != 30:
             out += ["--lease-timeout", str(self.lease_timeout)]
+        if self.tune_host:
+            out += ["--tune-host"]
         return out
 
 
@@ -131,6 +134,7 @@ def make_plan(
     bridge_tool: str = "ip",
     host_dhcp: bool = False,
     lease_timeout: int = 30,
+    tune_host: bool = False,
 ) -> Plan:
     n = options.count(count)
     target = make_target(prefix, bridge, uplink, n)
@@ -158,4 +162,5 @@ def make_plan(
         bridge_tool=options.choice(bridge_tool, options.BRIDGE_TOOLS, "--bridge-tool"),
         host_mode="dhcp" if host_dhcp else "move",
         lease_timeout=int(lease_timeout),
+        tune_host=tune_host,
     )

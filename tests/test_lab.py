@@ -248,3 +248,41 @@ def test_lab_host_has_a_real_looking_uplink(lab: labmod.Lab) -> None:
     assert addrs[0]["addr_info"][0]["local"] == str(lab.host_ip)
     assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["gateway"] == str(lab.lan_ip)
     assert labmod.sink_stats(lab)["workers"] == lab.workers
+
+
+def test_host_limits_refuse_then_tune_host_raises_and_down_restores(
+    lab: labmod.Lab, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ARP/backlog check, against a stand-in for /proc/sys (the real ones are host-wide)."""
+    fake = tmp_path / "sys"
+    values = {
+        "net/ipv4/neigh/default/gc_thresh1": "128",
+        "net/ipv4/neigh/default/gc_thresh2": "512",
+        "net/ipv4/neigh/default/gc_thresh3": "100",
+        "net/core/netdev_max_backlog": "100",
+    }
+    for key, value in values.items():
+        (fake / key).parent.mkdir(parents=True, exist_ok=True)
+        (fake / key).write_text(value + "\n")
+    monkeypatch.setenv("MULTIIP_SYSCTL_DIR", str(fake))
+    before = host_state(lab.host_ns, prefix)
+    args = ["--prefix", prefix, "--count", "3", "--dhcp", "none", "--address", "198.18.210.1/15", "--yes"]
+    cp = multiip("run", *args, netns=lab.host_ns, check=False)
+    assert cp.returncode != 0
+    last = cp.stderr.strip().splitlines()[-1]
+    assert "outgrow host-wide limits: net.ipv4.neigh.default.gc_thresh3=100 (needs 262)" in last, last
+    assert "net.core.netdev_max_backlog=100 (needs 134)" in last and "--tune-host" in last
+    assert not ours(prefix) and host_state(lab.host_ns, prefix) == before
+    multiip("run", *args, "--tune-host", netns=lab.host_ns)
+    assert (fake / "net/ipv4/neigh/default/gc_thresh3").read_text().strip() == "262"
+    assert (fake / "net/core/netdev_max_backlog").read_text().strip() == "134"
+    assert (fake / "net/ipv4/neigh/default/gc_thresh2").read_text().strip() == "512"  # already enough
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert {k: (fake / k).read_text().strip() for k in values} == values
+    assert_clean(lab, prefix, before)
+
+
+def test_tune_host_needs_the_hosts_own_namespace(lab: labmod.Lab, prefix: str) -> None:
+    cp = multiip("run", "--prefix", prefix, "--count", "2", "--tune-host", "--yes", netns=lab.host_ns, check=False)
+    assert cp.returncode != 0 and "run it in the host's own" in cp.stderr
+    assert not ours(prefix)

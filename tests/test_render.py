@@ -70,7 +70,7 @@ def test_script_shape() -> None:
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "set -Eeuo pipefail" in text
     assert "need_root" in text and "need_tool ip iproute2" in text
-    assert "step 1/8" in text and "step 8/8" in text
+    assert "step 1/6" in text and "step 6/6" in text
     # the seed's names and bridge
     assert "PREFIX=ns " in text and "INSIDE=tap " in text and "PORT=br-tap " in text and "BRIDGE=br0\n" in text
     # decided where it runs: uplink and client

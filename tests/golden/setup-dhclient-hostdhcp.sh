@@ -14,6 +14,7 @@ BRIDGE=br0
 UPLINK=''        # empty: the interface of the default route, found where this runs
 STATE=/run/multiip/$PREFIX       # pid, lease and saved-uplink files; removed by the teardown
 STEP=preflight
+SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
 say() { printf 'multiip: %s\n' "$*" >&2; }
 die() { printf 'multiip: error: %s\n' "$*" >&2; exit 2; }
@@ -67,47 +68,45 @@ load_state() {
 # dhclient and dhcpcd run their stock scripts under `ip netns exec`, which bind-mounts
 # /etc/netns/<ns>/resolv.conf over /etc/resolv.conf for them.
 # A client is keyed by its namespace's name, or by "host" for the bridge's own client (--host-dhcp).
-resolv_file() {
-  if [[ $1 == host ]]; then printf '%s\n' "$STATE/host.resolv.conf"; else printf '/etc/netns/%s/resolv.conf\n' "$1"; fi
-}
-net_in() {  # $1 key, then a command: run it in that network namespace only
-  local key=$1
-  shift
-  if [[ $key == host ]]; then "$@"; else nsenter --net="/run/netns/$key" "$@"; fi
+# These helpers set variables (RESOLV, PIDFILE, PID) rather than print: no subshell per namespace.
+resolv_file() {  # $1 key: sets RESOLV
+  if [[ $1 == host ]]; then RESOLV=$STATE/host.resolv.conf; else RESOLV=/etc/netns/$1/resolv.conf; fi
 }
 resolv_in() {  # $1 key, then a command: run it there with /etc/resolv.conf bound to the key's own file
   local key=$1
   shift
   if [[ $key != host ]]; then ip netns exec "$key" "$@"
-  else unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$(resolv_file host)" "$@"
+  else unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$STATE/host.resolv.conf" "$@"
   fi
 }
-pid_file() {  # $1 client, $2 key, $3 interface
-  if [[ $1 == dhcpcd ]]; then printf '/run/dhcpcd/%s-4.pid\n' "$3"; else printf '%s/%s.pid\n' "$STATE" "$2"; fi
+pid_file() {  # $1 client, $2 key, $3 interface: sets PIDFILE
+  if [[ $1 == dhcpcd ]]; then PIDFILE=/run/dhcpcd/$3-4.pid; else PIDFILE=$STATE/$2.pid; fi
 }
-client_pid() {  # $1 client, $2 key, $3 interface: pid of the running client, or nothing
-  local file pid comm
-  file=$(pid_file "$1" "$2" "$3")
-  [[ -s $file ]] || return 0
-  read -r pid <"$file" || return 0
-  [[ $pid =~ ^[0-9]+$ ]] || return 0
-  comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 0
-  if [[ $comm == "$1" ]]; then printf '%s\n' "$pid"; fi
+client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running client's pid, or to ""
+  local comm=""
+  PID=""
+  pid_file "$@"
+  if [[ -s $PIDFILE ]]; then read -r PID <"$PIDFILE" || true; fi
+  if [[ $PID =~ ^[0-9]+$ ]]; then read -r comm 2>/dev/null <"/proc/$PID/comm" || true; fi
+  [[ -n $comm && $comm == "$1" ]] || PID=""
 }
 
 dhcp_start() {  # $1 client, $2 key, $3 interface
-  local log=$STATE/$2.log resolv
-  resolv=$(resolv_file "$2")
-  mkdir -p "${resolv%/*}"
-  [[ -e $resolv ]] || : >"$resolv"  # exists before the client starts, so nothing writes the host's
+  local log=$STATE/$2.log
+  resolv_file "$2"
+  [[ -e $RESOLV ]] || { mkdir -p "${RESOLV%/*}" && : >"$RESOLV"; }  # exists before the client starts
+  pid_file "$@"
   case $1 in
-    udhcpc)
+    udhcpc)  # in the foreground of its own session: never blocks this script, keeps trying until it has a lease
       rm -f "$STATE/$2.lease"
-      MULTIIP_RESOLV=$resolv MULTIIP_LEASE=$STATE/$2.lease net_in "$2" \
-        udhcpc -i "$3" -p "$(pid_file "$1" "$2" "$3")" -s "$STATE/udhcpc.script" -R -b -t 10 -T 1 -A 2 >"$log" 2>&1 ;;
+      local enter=()
+      [[ $2 == host ]] || enter=(nsenter --net="/run/netns/$2")
+      MULTIIP_RESOLV=$RESOLV MULTIIP_LEASE=$STATE/$2.lease setsid "${enter[@]}" \
+        udhcpc -f -i "$3" -p "$PIDFILE" -s "$STATE/udhcpc.script" -R -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 &
+      ;;
     dhclient)
       rm -f "$STATE/$2.leases"
-      resolv_in "$2" dhclient -4 -nw -pf "$(pid_file "$1" "$2" "$3")" -lf "$STATE/$2.leases" "$3" >"$log" 2>&1 ;;
+      resolv_in "$2" dhclient -4 -nw -pf "$PIDFILE" -lf "$STATE/$2.leases" "$3" >"$log" 2>&1 ;;
     dhcpcd)
       rm -f "/var/lib/dhcpcd/$3.lease"
       resolv_in "$2" dhcpcd -4 -b -A -C hostname "$3" >"$log" 2>&1 ;;
@@ -122,18 +121,61 @@ has_lease() {  # $1 client, $2 key, $3 interface
   esac
 }
 
-dhcp_release() {  # $1 client, $2 key, $3 interface: send DHCPRELEASE, stop the client, wait for it
-  local pid i log=$STATE/$2.log
-  pid=$(client_pid "$1" "$2" "$3")
+dhcp_release() {  # $1 client, $2 key, $3 interface: make the client send DHCPRELEASE and exit; sets PID
+  local log=$STATE/$2.log
+  client_pid "$@"
   case $1 in
-    udhcpc) if [[ -n $pid ]]; then kill -TERM "$pid" 2>/dev/null || true; fi ;;  # started with -R: releases on exit
-    dhclient) resolv_in "$2" dhclient -4 -r -pf "$(pid_file "$1" "$2" "$3")" -lf "$STATE/$2.leases" "$3" >>"$log" 2>&1 || true ;;
+    udhcpc) if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi ;;  # started with -R: releases on exit
+    dhclient) resolv_in "$2" dhclient -4 -r -pf "$PIDFILE" -lf "$STATE/$2.leases" "$3" >>"$log" 2>&1 || true ;;
     dhcpcd) resolv_in "$2" dhcpcd -4 -k "$3" >>"$log" 2>&1 || true ;;
   esac
-  for ((i = 0; i < 50; i++)); do
-    [[ -n $pid && -d /proc/$pid ]] || break
-    sleep 0.1
+}
+
+alive() {  # $1 pid: running (a zombie waiting for its parent to reap it counts as gone)
+  local stat
+  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
+}
+wait_gone() {  # pids...: wait up to 5 s for them to exit
+  local i pid left=("$@")
+  for ((i = 0; i < 100 && ${#left[@]} > 0; i++)); do
+    local still=()
+    for pid in "${left[@]}"; do if alive "$pid"; then still+=("$pid"); fi; done
+    left=("${still[@]}")
+    ((${#left[@]} == 0)) || sleep 0.05
   done
+}
+
+# NS_PIDS[namespace]="pid pid ...": what runs in each named namespace, from one pass over /proc
+# (one `ip netns pids` per namespace would scan /proc once per namespace).
+declare -A NS_PIDS=()
+map_namespace_pids() {
+  local -A by_inode=()
+  local path inode link pid
+  NS_PIDS=()
+  while read -r path inode; do [[ -z $inode ]] || by_inode[$inode]=${path#/run/netns/}; done \
+    < <(stat -L -c '%n %i' /run/netns/* 2>/dev/null || true)
+  while read -r path link; do
+    inode=${link#net:[}
+    inode=${inode%]}
+    [[ -n $inode && -n ${by_inode[$inode]:-} ]] || continue
+    pid=${path#/proc/}
+    pid=${pid%%/*}
+    NS_PIDS[${by_inode[$inode]}]+="$pid "
+  done < <(find /proc -mindepth 3 -maxdepth 3 -path '/proc/[0-9]*/ns/net' -printf '%p %l\n' 2>/dev/null || true)
+}
+
+# --- Host-wide limits that about 1000 namespaces outgrow: the ARP table (gc_thresh3, 1024 by default)
+# --- and the per-CPU backlog that a broadcast to every bridge port fills (netdev_max_backlog, 1000).
+restore_host_limits() {  # what --tune-host raised, back as it was
+  local key value
+  [[ -s $STATE/host-limits ]] || return 0
+  while read -r key value; do
+    [[ -z $key ]] || printf '%s\n' "$value" >"$SYSCTL/$key"
+  done <"$STATE/host-limits"
+  say "host-wide limits restored: $(tr '\n' ' ' <"$STATE/host-limits")"
+  rm -f "$STATE/host-limits"
 }
 
 # --- The uplink. Its IPv4 addresses and routes are saved before it joins the bridge and put back
@@ -191,8 +233,9 @@ PORT_RANGE=(1024 65535)    # ip_local_port_range inside every namespace
 BRIDGE_TOOL=ip         # ip: iproute2 only; brctl: the seed's brctl commands
 HOST_MODE=dhcp          # move: the uplink's addresses and routes move to the bridge; dhcp: the bridge asks DHCP
 LEASE_TIMEOUT=60           # seconds to wait for every namespace's lease
+TUNE_HOST=0               # 1: raise host-wide ARP/backlog limits for this setup (down restores)
 
-step 1/8 "preflight: root, tools, uplink"
+step 1/6 "preflight: root, tools, uplink"
 need_root
 need_tool ip iproute2
 need_tool nsenter util-linux
@@ -200,7 +243,10 @@ need_tool awk mawk
 [[ $BRIDGE_TOOL != brctl ]] || need_tool brctl bridge-utils
 load_state
 [[ -z $SAVED_BRIDGE || $SAVED_BRIDGE == "$BRIDGE" ]] || die "prefix $PREFIX is already set up on bridge $SAVED_BRIDGE"
-[[ $DHCP != auto || -z $SAVED_DHCP ]] || DHCP=$SAVED_DHCP  # running again: keep the client it chose
+if [[ -n $SAVED_DHCP && $DHCP != "$SAVED_DHCP" ]]; then  # running again: keep the client it chose
+  [[ $DHCP == auto ]] || die "prefix $PREFIX is set up with --dhcp $SAVED_DHCP: take it down first to change that"
+  DHCP=$SAVED_DHCP
+fi
 if [[ $DHCP == auto ]]; then
   for candidate in udhcpc dhclient dhcpcd; do  # udhcpc first: 1.4 MiB per namespace against dhclient's 3.6
     if command -v "$candidate" >/dev/null 2>&1; then DHCP=$candidate; break; fi
@@ -226,7 +272,29 @@ if link_exists "$BRIDGE" && ! ip -d -o link show dev "$BRIDGE" | grep -q ' bridg
   die "$BRIDGE exists and is not a bridge"
 fi
 
-step 2/8 "save $UPLINK's addresses and routes to $STATE"
+# Each namespace needs ARP entries (its gateway, the server if it is on the LAN) and one broadcast
+# reaches every bridge port at once: the host-wide limits, and what this count needs of them.
+HOST_LIMITS=(net/ipv4/neigh/default/gc_thresh1 net/ipv4/neigh/default/gc_thresh2
+  net/ipv4/neigh/default/gc_thresh3 net/core/netdev_max_backlog)
+NEED=(
+  [0]=$((COUNT + 128)) [1]=$((2 * COUNT + 256)) [2]=$((2 * COUNT + 256)) [3]=$((2 * COUNT + 128))
+)
+if [[ -r $SYSCTL/${HOST_LIMITS[2]} && -r $SYSCTL/${HOST_LIMITS[3]} ]]; then
+  short=""
+  for k in 2 3; do
+    read -r have_value <"$SYSCTL/${HOST_LIMITS[k]}"
+    if ((have_value < NEED[k])); then short+=" ${HOST_LIMITS[k]//\//.}=$have_value (needs ${NEED[k]})"; fi
+  done
+  if [[ -n $short && $TUNE_HOST != 1 ]]; then
+    die "$COUNT namespaces outgrow host-wide limits:$short; ARP entries and DHCP broadcasts would be dropped. Pass --tune-host to raise them for this setup (down restores them), or raise them yourself"
+  fi
+elif [[ $TUNE_HOST == 1 ]]; then
+  die "--tune-host changes host-wide limits, which this network namespace cannot see: run it in the host's own"
+elif ((COUNT >= 500)); then
+  say "cannot see the host-wide gc_thresh3 and netdev_max_backlog from here: the host's must fit $COUNT namespaces"
+fi
+
+step 2/6 "save $UPLINK's addresses and routes to $STATE"
 if [[ $UPLINK_MASTER != "$BRIDGE" ]]; then save_uplink; fi
 printf 'UPLINK=%s\nBRIDGE=%s\nDHCP=%s\nHOST_MODE=%s\nCOUNT=%s\n' "$UPLINK" "$BRIDGE" "$DHCP" "$HOST_MODE" "$COUNT" >"$STATE/setup.env"
 if [[ $DHCP == udhcpc ]]; then
@@ -264,7 +332,21 @@ UDHCPC
   chmod 0755 "$STATE/udhcpc.script"
 fi
 
-step 3/8 "bridge $BRIDGE (STP off)"
+if [[ $TUNE_HOST == 1 ]]; then
+  [[ -s $STATE/host-limits ]] || for key in "${HOST_LIMITS[@]}"; do
+    read -r value <"$SYSCTL/$key"
+    printf '%s %s\n' "$key" "$value"
+  done >"$STATE/host-limits"
+  for k in "${!HOST_LIMITS[@]}"; do
+    read -r value <"$SYSCTL/${HOST_LIMITS[k]}"
+    if ((value < NEED[k])); then
+      printf '%s\n' "${NEED[k]}" >"$SYSCTL/${HOST_LIMITS[k]}"
+      say "raised ${HOST_LIMITS[k]//\//.} from $value to ${NEED[k]} (down restores it)"
+    fi
+  done
+fi
+
+step 3/6 "bridge $BRIDGE (STP off)"
 if ! link_exists "$BRIDGE"; then
   if [[ $BRIDGE_TOOL == brctl ]]; then
     brctl addbr "$BRIDGE"
@@ -278,59 +360,50 @@ if ! link_exists "$BRIDGE"; then
 fi
 ip link set dev "$BRIDGE" up
 
-step 4/8 "$COUNT network namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1))"
-declare -A have=()
+step 4/6 "$COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)), veth pairs ${INSIDE}N (inside) / ${PORT}N (on $BRIDGE); inside: lo up, ip_local_port_range ${PORT_RANGE[0]}-${PORT_RANGE[1]}"
+declare -A have=() links=() masters=()
 while read -r name _; do have[$name]=1; done < <(ip netns list)
-batch=""
-for ((i = 0; i < COUNT; i++)); do
-  [[ -n ${have[$PREFIX$i]:-} ]] || batch+="netns add $PREFIX$i"$'\n'
-done
-[[ -z $batch ]] || ip -batch - <<<"$batch"
-progress namespaces "$COUNT" "$COUNT"
-
-step 5/8 "veth pairs ${INSIDE}N (inside) / ${PORT}N (on $BRIDGE)"
-declare -A links=() masters=()
 while read -r _ name rest; do
   name=${name%:}
   name=${name%@*}
   links[$name]=1
   if [[ $rest =~ \ master\ ([^ ]+) ]]; then masters[$name]=${BASH_REMATCH[1]}; fi
 done < <(ip -o link show)
-batch=""
-for ((i = 0; i < COUNT; i++)); do
-  [[ -n ${links[$PORT$i]:-} ]] || batch+="link add $INSIDE$i netns $PREFIX$i up type veth peer name $PORT$i"$'\n'
-done
-[[ -z $batch ]] || ip -batch - <<<"$batch"
-batch=""
-for ((i = 0; i < COUNT; i++)); do
-  if [[ ${masters[$PORT$i]:-} != "$BRIDGE" ]]; then
-    if [[ $BRIDGE_TOOL == brctl ]]; then
-      brctl addif "$BRIDGE" "$PORT$i"
-    else
+configure_inside() {  # $1 = i: one nsenter/sh/ip chain in the background, nothing forked for the rest
+  local batch="link set dev lo up"$'\n'"link set dev $INSIDE$1 addrgenmode none up"$'\n'
+  nsenter --net="/run/netns/$PREFIX$1" sh -c \
+    'printf "%s\t%s\n" "$1" "$2" >/proc/sys/net/ipv4/ip_local_port_range && exec ip -batch -' \
+    sh "${PORT_RANGE[0]}" "${PORT_RANGE[1]}" <<<"$batch" &
+  throttle
+}
+# In chunks: while this shell creates the next chunk's devices (the kernel's work, under one lock),
+# the insides of the previous chunk are configured on the other cores. The veth ends get no IPv6
+# link-local address (addrgenmode none): otherwise every port coming up floods IPv6 DAD, router and
+# MLD packets over all the bridge's ports, and creating 1000 namespaces slows down quadratically.
+CHUNK=100
+for ((first = 0; first < COUNT; first += CHUNK)); do
+  last=$((first + CHUNK < COUNT ? first + CHUNK : COUNT))
+  batch=""
+  for ((i = first; i < last; i++)); do
+    [[ -n ${have[$PREFIX$i]:-} ]] || batch+="netns add $PREFIX$i"$'\n'
+    [[ -n ${links[$PORT$i]:-} ]] || batch+="link add $INSIDE$i netns $PREFIX$i type veth peer name $PORT$i"$'\n'
+    if [[ $BRIDGE_TOOL == ip && ${masters[$PORT$i]:-} != "$BRIDGE" ]]; then
       batch+="link set dev $PORT$i master $BRIDGE"$'\n'
     fi
+    batch+="link set dev $PORT$i addrgenmode none up"$'\n'
+  done
+  ip -batch - <<<"$batch"
+  if [[ $BRIDGE_TOOL == brctl ]]; then
+    for ((i = first; i < last; i++)); do
+      [[ ${masters[$PORT$i]:-} == "$BRIDGE" ]] || brctl addif "$BRIDGE" "$PORT$i"
+    done
   fi
-  batch+="link set dev $PORT$i up"$'\n'
-done
-ip -batch - <<<"$batch"
-progress veths "$COUNT" "$COUNT"
-
-step 6/8 "inside each namespace: lo up, ip_local_port_range ${PORT_RANGE[0]}-${PORT_RANGE[1]}"
-configure_namespace() {  # $1 = i
-  local i=$1 batch="link set dev lo up"$'\n'"link set dev $INSIDE$1 up"$'\n'
-  nsenter --net="/run/netns/$PREFIX$i" bash -c \
-    'printf "%s\t%s\n" "$1" "$2" >/proc/sys/net/ipv4/ip_local_port_range && exec ip -batch -' \
-    _ "${PORT_RANGE[0]}" "${PORT_RANGE[1]}" <<<"$batch"
-}
-for ((i = 0; i < COUNT; i++)); do
-  configure_namespace "$i" &
-  throttle
-  if (( (i + 1) % 100 == 0 )); then progress configured "$((i + 1))" "$COUNT"; fi
+  for ((i = first; i < last; i++)); do configure_inside "$i"; done
+  progress namespaces "$last" "$COUNT"
 done
 drain
-progress configured "$COUNT" "$COUNT"
 
-step 7/8 "move $UPLINK into $BRIDGE (the bridge asks DHCP for its address)"
+step 5/6 "move $UPLINK into $BRIDGE (the bridge asks DHCP for its address)"
 if [[ $(link_master "$UPLINK") != "$BRIDGE" ]]; then
   put_back() { say "putting $UPLINK back as it was"; restore_uplink; }
   ROLLBACK=put_back  # if anything here fails, the uplink goes back as it was before the script gives up
@@ -350,14 +423,18 @@ if [[ $(link_master "$UPLINK") != "$BRIDGE" ]]; then
   ROLLBACK=""
 fi
 
-step 8/8 "DHCP: one $DHCP per namespace, in parallel; up to ${LEASE_TIMEOUT}s for every lease"
+step 6/6 "DHCP: one $DHCP per namespace, in parallel; up to ${LEASE_TIMEOUT}s for every lease"
 started=0
 for ((i = 0; i < COUNT; i++)); do
-  if [[ -z $(client_pid "$DHCP" "$PREFIX$i" "$INSIDE$i") ]]; then
+  client_pid "$DHCP" "$PREFIX$i" "$INSIDE$i"
+  [[ -z $PID ]] || continue  # running already
+  if [[ $DHCP == udhcpc ]]; then
+    dhcp_start "$DHCP" "$PREFIX$i" "$INSIDE$i"  # starts it in the background itself
+  else
     dhcp_start "$DHCP" "$PREFIX$i" "$INSIDE$i" &
     throttle
-    started=$((started + 1))
   fi
+  started=$((started + 1))
 done
 drain
 say "started $started DHCP clients ($((COUNT - started)) already running)"

@@ -13,6 +13,7 @@ BRIDGE=brx
 UPLINK=ens3        # empty: the interface of the default route, found where this runs
 STATE=/run/multiip/$PREFIX       # pid, lease and saved-uplink files; removed by the teardown
 STEP=preflight
+SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
 say() { printf 'multiip: %s\n' "$*" >&2; }
 die() { printf 'multiip: error: %s\n' "$*" >&2; exit 2; }
@@ -66,47 +67,45 @@ load_state() {
 # dhclient and dhcpcd run their stock scripts under `ip netns exec`, which bind-mounts
 # /etc/netns/<ns>/resolv.conf over /etc/resolv.conf for them.
 # A client is keyed by its namespace's name, or by "host" for the bridge's own client (--host-dhcp).
-resolv_file() {
-  if [[ $1 == host ]]; then printf '%s\n' "$STATE/host.resolv.conf"; else printf '/etc/netns/%s/resolv.conf\n' "$1"; fi
-}
-net_in() {  # $1 key, then a command: run it in that network namespace only
-  local key=$1
-  shift
-  if [[ $key == host ]]; then "$@"; else nsenter --net="/run/netns/$key" "$@"; fi
+# These helpers set variables (RESOLV, PIDFILE, PID) rather than print: no subshell per namespace.
+resolv_file() {  # $1 key: sets RESOLV
+  if [[ $1 == host ]]; then RESOLV=$STATE/host.resolv.conf; else RESOLV=/etc/netns/$1/resolv.conf; fi
 }
 resolv_in() {  # $1 key, then a command: run it there with /etc/resolv.conf bound to the key's own file
   local key=$1
   shift
   if [[ $key != host ]]; then ip netns exec "$key" "$@"
-  else unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$(resolv_file host)" "$@"
+  else unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$STATE/host.resolv.conf" "$@"
   fi
 }
-pid_file() {  # $1 client, $2 key, $3 interface
-  if [[ $1 == dhcpcd ]]; then printf '/run/dhcpcd/%s-4.pid\n' "$3"; else printf '%s/%s.pid\n' "$STATE" "$2"; fi
+pid_file() {  # $1 client, $2 key, $3 interface: sets PIDFILE
+  if [[ $1 == dhcpcd ]]; then PIDFILE=/run/dhcpcd/$3-4.pid; else PIDFILE=$STATE/$2.pid; fi
 }
-client_pid() {  # $1 client, $2 key, $3 interface: pid of the running client, or nothing
-  local file pid comm
-  file=$(pid_file "$1" "$2" "$3")
-  [[ -s $file ]] || return 0
-  read -r pid <"$file" || return 0
-  [[ $pid =~ ^[0-9]+$ ]] || return 0
-  comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 0
-  if [[ $comm == "$1" ]]; then printf '%s\n' "$pid"; fi
+client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running client's pid, or to ""
+  local comm=""
+  PID=""
+  pid_file "$@"
+  if [[ -s $PIDFILE ]]; then read -r PID <"$PIDFILE" || true; fi
+  if [[ $PID =~ ^[0-9]+$ ]]; then read -r comm 2>/dev/null <"/proc/$PID/comm" || true; fi
+  [[ -n $comm && $comm == "$1" ]] || PID=""
 }
 
 dhcp_start() {  # $1 client, $2 key, $3 interface
-  local log=$STATE/$2.log resolv
-  resolv=$(resolv_file "$2")
-  mkdir -p "${resolv%/*}"
-  [[ -e $resolv ]] || : >"$resolv"  # exists before the client starts, so nothing writes the host's
+  local log=$STATE/$2.log
+  resolv_file "$2"
+  [[ -e $RESOLV ]] || { mkdir -p "${RESOLV%/*}" && : >"$RESOLV"; }  # exists before the client starts
+  pid_file "$@"
   case $1 in
-    udhcpc)
+    udhcpc)  # in the foreground of its own session: never blocks this script, keeps trying until it has a lease
       rm -f "$STATE/$2.lease"
-      MULTIIP_RESOLV=$resolv MULTIIP_LEASE=$STATE/$2.lease net_in "$2" \
-        udhcpc -i "$3" -p "$(pid_file "$1" "$2" "$3")" -s "$STATE/udhcpc.script" -R -b -t 10 -T 1 -A 2 >"$log" 2>&1 ;;
+      local enter=()
+      [[ $2 == host ]] || enter=(nsenter --net="/run/netns/$2")
+      MULTIIP_RESOLV=$RESOLV MULTIIP_LEASE=$STATE/$2.lease setsid "${enter[@]}" \
+        udhcpc -f -i "$3" -p "$PIDFILE" -s "$STATE/udhcpc.script" -R -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 &
+      ;;
     dhclient)
       rm -f "$STATE/$2.leases"
-      resolv_in "$2" dhclient -4 -nw -pf "$(pid_file "$1" "$2" "$3")" -lf "$STATE/$2.leases" "$3" >"$log" 2>&1 ;;
+      resolv_in "$2" dhclient -4 -nw -pf "$PIDFILE" -lf "$STATE/$2.leases" "$3" >"$log" 2>&1 ;;
     dhcpcd)
       rm -f "/var/lib/dhcpcd/$3.lease"
       resolv_in "$2" dhcpcd -4 -b -A -C hostname "$3" >"$log" 2>&1 ;;
@@ -121,18 +120,61 @@ has_lease() {  # $1 client, $2 key, $3 interface
   esac
 }
 
-dhcp_release() {  # $1 client, $2 key, $3 interface: send DHCPRELEASE, stop the client, wait for it
-  local pid i log=$STATE/$2.log
-  pid=$(client_pid "$1" "$2" "$3")
+dhcp_release() {  # $1 client, $2 key, $3 interface: make the client send DHCPRELEASE and exit; sets PID
+  local log=$STATE/$2.log
+  client_pid "$@"
   case $1 in
-    udhcpc) if [[ -n $pid ]]; then kill -TERM "$pid" 2>/dev/null || true; fi ;;  # started with -R: releases on exit
-    dhclient) resolv_in "$2" dhclient -4 -r -pf "$(pid_file "$1" "$2" "$3")" -lf "$STATE/$2.leases" "$3" >>"$log" 2>&1 || true ;;
+    udhcpc) if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi ;;  # started with -R: releases on exit
+    dhclient) resolv_in "$2" dhclient -4 -r -pf "$PIDFILE" -lf "$STATE/$2.leases" "$3" >>"$log" 2>&1 || true ;;
     dhcpcd) resolv_in "$2" dhcpcd -4 -k "$3" >>"$log" 2>&1 || true ;;
   esac
-  for ((i = 0; i < 50; i++)); do
-    [[ -n $pid && -d /proc/$pid ]] || break
-    sleep 0.1
+}
+
+alive() {  # $1 pid: running (a zombie waiting for its parent to reap it counts as gone)
+  local stat
+  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
+}
+wait_gone() {  # pids...: wait up to 5 s for them to exit
+  local i pid left=("$@")
+  for ((i = 0; i < 100 && ${#left[@]} > 0; i++)); do
+    local still=()
+    for pid in "${left[@]}"; do if alive "$pid"; then still+=("$pid"); fi; done
+    left=("${still[@]}")
+    ((${#left[@]} == 0)) || sleep 0.05
   done
+}
+
+# NS_PIDS[namespace]="pid pid ...": what runs in each named namespace, from one pass over /proc
+# (one `ip netns pids` per namespace would scan /proc once per namespace).
+declare -A NS_PIDS=()
+map_namespace_pids() {
+  local -A by_inode=()
+  local path inode link pid
+  NS_PIDS=()
+  while read -r path inode; do [[ -z $inode ]] || by_inode[$inode]=${path#/run/netns/}; done \
+    < <(stat -L -c '%n %i' /run/netns/* 2>/dev/null || true)
+  while read -r path link; do
+    inode=${link#net:[}
+    inode=${inode%]}
+    [[ -n $inode && -n ${by_inode[$inode]:-} ]] || continue
+    pid=${path#/proc/}
+    pid=${pid%%/*}
+    NS_PIDS[${by_inode[$inode]}]+="$pid "
+  done < <(find /proc -mindepth 3 -maxdepth 3 -path '/proc/[0-9]*/ns/net' -printf '%p %l\n' 2>/dev/null || true)
+}
+
+# --- Host-wide limits that about 1000 namespaces outgrow: the ARP table (gc_thresh3, 1024 by default)
+# --- and the per-CPU backlog that a broadcast to every bridge port fills (netdev_max_backlog, 1000).
+restore_host_limits() {  # what --tune-host raised, back as it was
+  local key value
+  [[ -s $STATE/host-limits ]] || return 0
+  while read -r key value; do
+    [[ -z $key ]] || printf '%s\n' "$value" >"$SYSCTL/$key"
+  done <"$STATE/host-limits"
+  say "host-wide limits restored: $(tr '\n' ' ' <"$STATE/host-limits")"
+  rm -f "$STATE/host-limits"
 }
 
 # --- The uplink. Its IPv4 addresses and routes are saved before it joins the bridge and put back
@@ -204,54 +246,50 @@ say "found ${#NAMESPACES[@]} namespaces, bridge ${BRIDGE}$(link_exists "$BRIDGE"
 mkdir -p "$STATE"
 
 step 2/5 "release DHCP leases and stop the clients"
-client_of() {  # $1 namespace, $2 interface: which DHCP client runs there, if any
-  local c
+map_namespace_pids
+client_of() {  # $1 namespace, $2 interface: sets CLIENT and PID, from its pid file or what runs there
+  local c pid comm
+  CLIENT=""
   for c in ${SAVED_DHCP:-} udhcpc dhclient dhcpcd; do
-    if [[ -n $(client_pid "$c" "$1" "$2") ]]; then printf '%s\n' "$c"; return 0; fi
+    client_pid "$c" "$1" "$2"
+    if [[ -n $PID ]]; then CLIENT=$c; return 0; fi
   done
-  local pid
-  for pid in $(ip netns pids "$1" 2>/dev/null); do  # no pid file: look at what runs in the namespace
-    c=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
-    case $c in udhcpc | dhclient | dhcpcd) printf '%s\n' "$c"; return 0 ;; esac
+  for pid in ${NS_PIDS[$1]:-}; do  # no pid file: what runs in the namespace
+    read -r comm 2>/dev/null <"/proc/$pid/comm" || continue
+    case $comm in udhcpc | dhclient | dhcpcd) CLIENT=$comm PID=$pid; return 0 ;; esac
   done
 }
-release_namespace() {  # $1 namespace
-  local ns=$1 dev client
-  dev=$INSIDE${ns#"$PREFIX"}
-  client=$(client_of "$ns" "$dev")
-  [[ -z $client ]] || dhcp_release "$client" "$ns" "$dev"
-}
-released=0
+clients=() udhcpcs=()
 for ns in "${NAMESPACES[@]}"; do
-  release_namespace "$ns" &
-  throttle
-  released=$((released + 1))
-  if ((released % 100 == 0)); then progress released "$released" "${#NAMESPACES[@]}"; fi
+  dev=$INSIDE${ns#"$PREFIX"}
+  client_of "$ns" "$dev"
+  [[ -n $CLIENT ]] || continue
+  clients+=("$PID")
+  if [[ $CLIENT == udhcpc ]]; then
+    udhcpcs+=("$PID")  # started with -R: it sends its DHCPRELEASE when it exits on SIGTERM
+  else
+    dhcp_release "$CLIENT" "$ns" "$dev" &
+    throttle
+  fi
 done
+((${#udhcpcs[@]} == 0)) || kill -TERM "${udhcpcs[@]}" 2>/dev/null || true
 drain
-progress released "${#NAMESPACES[@]}" "${#NAMESPACES[@]}"
+wait_gone "${clients[@]}"
+progress released "${#clients[@]}" "${#clients[@]}"
 
 step 3/5 "stop anything else running in the namespaces, then remove them"
-stop_pids() {  # $1 namespace: TERM, then KILL after 3 s, whatever still runs in it
-  local pids i
-  pids=$(ip netns pids "$1" 2>/dev/null | tr '\n' ' ')
-  [[ -n ${pids// /} ]] || return 0
-  say "$1: stopping pids $pids"
-  # shellcheck disable=SC2086 # one pid per word
-  kill -TERM $pids 2>/dev/null || true
-  for ((i = 0; i < 30; i++)); do
-    pids=$(ip netns pids "$1" 2>/dev/null | tr '\n' ' ')
-    [[ -n ${pids// /} ]] || return 0
-    sleep 0.1
-  done
-  # shellcheck disable=SC2086
-  kill -KILL $pids 2>/dev/null || true
-}
+map_namespace_pids
+left=()
 for ns in "${NAMESPACES[@]}"; do
-  stop_pids "$ns" &
-  throttle
+  # shellcheck disable=SC2206 # one pid per word
+  left+=(${NS_PIDS[$ns]:-})
 done
-drain
+if ((${#left[@]} > 0)); then
+  say "stopping ${#left[@]} processes still in the namespaces: ${left[*]}"
+  kill -TERM "${left[@]}" 2>/dev/null || true
+  wait_gone "${left[@]}"
+  kill -KILL "${left[@]}" 2>/dev/null || true
+fi
 batch=""
 for ns in "${NAMESPACES[@]}"; do batch+="netns del $ns"$'\n'; done
 [[ -z $batch ]] || ip -force -batch - <<<"$batch"
@@ -261,6 +299,7 @@ step 4/5 "give ${UPLINK:-the uplink} back its addresses and routes, remove $BRID
 if link_exists "$BRIDGE"; then
   if [[ -s $STATE/host.client ]]; then  # --host-dhcp: the bridge's own client
     dhcp_release "$(<"$STATE/host.client")" host "$BRIDGE"
+    if [[ -n $PID ]]; then wait_gone "$PID"; fi
     rm -f "/var/lib/dhcpcd/$BRIDGE.lease"
   fi
   others=""
@@ -279,11 +318,17 @@ elif [[ -n $UPLINK ]] && link_exists "$UPLINK" && [[ -e $STATE/uplink ]]; then
   restore_uplink  # bridge already gone: make sure the uplink has its addresses
 fi
 
+restore_host_limits
+
 step 5/5 "remove /etc/netns entries, lease and state files"
+files=() dirs=()
 for ns in "${NAMESPACES[@]}"; do
-  rm -f "/etc/netns/$ns/resolv.conf"
-  rmdir "/etc/netns/$ns" 2>/dev/null || true
-  rm -f "/var/lib/dhcpcd/$INSIDE${ns#"$PREFIX"}.lease"
+  files+=("/etc/netns/$ns/resolv.conf" "/var/lib/dhcpcd/$INSIDE${ns#"$PREFIX"}.lease")
+  dirs+=("/etc/netns/$ns")
 done
+if ((${#files[@]} > 0)); then
+  rm -f -- "${files[@]}"
+  rmdir -- "${dirs[@]}" 2>/dev/null || true  # kept where someone put other files there
+fi
 rm -rf "$STATE"
 say "removed ${#NAMESPACES[@]} namespaces and $BRIDGE; ${UPLINK:-the uplink} is back as it was"

@@ -1,0 +1,141 @@
+"""Scale and speed, each figure measured in this run, as the lab host:
+
+- 300 namespaces with static addresses: `multiip run` against the seed-style loop (one `ip` per step,
+  `ip netns exec` per namespace, the same devices and addresses), and the exported script against `run`;
+- 1000 namespaces: `run` (static addresses) and `down`;
+- 200 namespaces all holding a DHCP lease (lab server with its ping check off), and DHCP client memory
+  per namespace for udhcpc, dhclient and dhcpcd;
+- 1000 namespaces with DHCP, with the host-wide ARP and backlog limits raised for the run.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import lab_up, pss_of, save, sysctls
+
+from multiip import lab as labmod
+from multiip import state
+from multiip.plan import make_target
+
+SEED_LOOP = r"""
+set -e
+P=$1 N=$2 BASE=$3
+ip link add br0 type bridge stp_state 0
+ip link set dev br0 up
+for ((i = 0; i < N; i++)); do
+  ip link add "$P-t$i" type veth peer name "$P-b$i"
+  ip netns add "$P$i"
+  ip link set "$P-t$i" netns "$P$i"
+  ip link set "$P-b$i" master br0
+  ip netns exec "$P$i" ip link set dev "$P-t$i" up
+  ip link set dev "$P-b$i" up
+  ip netns exec "$P$i" ip link set dev lo up
+  ip netns exec "$P$i" ip address add "198.18.$((BASE + i / 250)).$((1 + i % 250))/15" dev "$P-t$i"
+  ip netns exec "$P$i" sysctl -q -w net.ipv4.ip_local_port_range="1024 65535"
+done
+"""
+
+
+def timed(argv: list[str], netns: str) -> float:
+    t0 = time.monotonic()
+    cp = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "--", *argv], capture_output=True, text=True)
+    elapsed = time.monotonic() - t0
+    if cp.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:6])} failed: {cp.stderr[-2000:]}")
+    return round(elapsed, 3)
+
+
+def multiip(*args: str) -> list[str]:
+    return [sys.executable, "-m", "multiip", *args]
+
+
+def tag() -> str:
+    return "".join(random.choices(string.ascii_lowercase, k=4))
+
+
+def down(prefix: str, netns: str) -> float:
+    return timed(multiip("down", "--prefix", prefix, "--yes"), netns)
+
+
+def seed_vs_run(host: str) -> dict[str, Any]:
+    n, p = 300, f"s{tag()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        seed = Path(tmp, "seed.sh")
+        seed.write_text(SEED_LOOP)
+        seed_s = timed(["bash", str(seed), p, str(n), "100"], host)
+        down(p, host)
+        args = ["--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/15"]
+        run_s = timed(multiip("run", *args, "--yes"), host)
+        down(p, host)
+        script = Path(tmp, "setup.sh")
+        script.write_text(subprocess.run(multiip("render", *args), capture_output=True, text=True, check=True).stdout)
+        script_s = timed(["bash", str(script)], host)
+        down(p, host)
+    return {
+        "namespaces": n,
+        "seed_loop_seconds": seed_s,
+        "run_seconds": run_s,
+        "seed_over_run": round(seed_s / run_s, 1),
+        "exported_script_seconds": script_s,
+        "script_over_run": round(script_s / run_s, 2),
+    }
+
+
+def thousand(host: str) -> dict[str, Any]:
+    n, p = 1000, f"k{tag()}"
+    args = ["--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/15"]
+    run_s = timed(multiip("run", *args, "--yes"), host)
+    down_s = down(p, host)
+    return {"namespaces": n, "run_seconds": run_s, "down_seconds": down_s}
+
+
+def dhcp(the_lab: labmod.Lab, n: int, client: str) -> dict[str, Any]:
+    p = f"d{tag()}"
+    args = ["--count", str(n), "--prefix", p, "--dhcp", client, "--lease-timeout", "120", "--yes"]
+    run_s = timed(multiip("run", *args), the_lab.host_ns)
+    rows = state.status(make_target(p))["namespaces"]
+    leased = sum(1 for r in rows if r["ipv4"])
+    processes, pss = pss_of(f"{p}-t".encode()) if client != "dhcpcd" else _dhcpcd_pss(p)
+    down_s = down(p, the_lab.host_ns)
+    return {
+        "namespaces": n,
+        "client": client,
+        "seconds_to_every_lease": run_s,
+        "leased": leased,
+        "client_processes": processes,
+        "client_pss_mib_per_namespace": round(pss / max(processes, 1) / 2**20, 2),
+        "down_seconds": down_s,
+    }
+
+
+def _dhcpcd_pss(prefix: str) -> tuple[int, int]:
+    """dhcpcd forks helpers (privsep) whose command lines do not name the interface: count them all."""
+    return pss_of(b"dhcpcd")
+
+
+def main() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with lab_up(f"sc{tag()}", leases=1200, capacity=1000) as the_lab:
+        out["seed_vs_run_300"] = seed_vs_run(the_lab.host_ns)
+        out["static_1000"] = thousand(the_lab.host_ns)
+        out["dhcp_200"] = dhcp(the_lab, 200, "auto")
+        out["dhcp_client_memory"] = [dhcp(the_lab, 20, c) for c in ("udhcpc", "dhclient", "dhcpcd")]
+        limits = {"net.ipv4.neigh.default.gc_thresh1": 2048, "net.ipv4.neigh.default.gc_thresh2": 4096,
+                  "net.ipv4.neigh.default.gc_thresh3": 8192, "net.core.netdev_max_backlog": 4096}
+        with sysctls(limits) as raised:
+            out["dhcp_1000"] = dhcp(the_lab, 1000, "auto")
+            out["dhcp_1000"]["limits_raised_for_the_run"] = raised
+    save("scale", out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
