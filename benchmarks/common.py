@@ -59,20 +59,20 @@ def meminfo() -> dict[str, int]:
     return out
 
 
-def pss_of(match: bytes) -> tuple[int, int]:
-    """(processes, summed PSS in bytes) of processes whose command line contains match."""
-    n = total = 0
+def memory_of(match: bytes) -> tuple[int, int, int]:
+    """(processes, summed PSS, summed RSS), in bytes, of the processes whose command line contains match."""
+    n = pss = rss = 0
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             if match not in (proc / "cmdline").read_bytes():
                 continue
-            for line in (proc / "smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
-                    n += 1
-        except OSError:
+            fields = dict(line.split(":", 1) for line in (proc / "smaps_rollup").read_text().splitlines()[1:])
+        except (OSError, ValueError):
             continue
-    return n, total
+        n += 1
+        pss += int(fields["Pss"].split()[0]) * 1024
+        rss += int(fields["Rss"].split()[0]) * 1024
+    return n, pss, rss
 
 
 def save(name: str, data: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import random
 import string
 from typing import Any
 
-from common import lab_up, meminfo, pss_of, save, show, sysctls
+from common import lab_up, meminfo, memory_of, save, show, sysctls
 
 from multiip import execute, hold, render, ui
 from multiip.plan import make_plan
@@ -33,8 +33,8 @@ def main() -> dict[str, Any]:
 
             def measure() -> None:
                 at_hold["mem"] = meminfo()
-                at_hold["workers"] = pss_of(b"multiip.holdworker")
-                at_hold["sink"] = pss_of(b"multiip.sink")
+                at_hold["workers"] = memory_of(b"multiip.holdworker")
+                at_hold["sink"] = memory_of(b"multiip.sink")
 
             with ui.HoldProgress(total) as progress:
                 million = hold.hold(shares, server, 5.0, 0.0, progress, on_hold=measure)

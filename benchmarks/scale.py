@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import lab_up, pss_of, save, sysctls
+from common import lab_up, memory_of, save, sysctls
 
 from multiip import lab as labmod
 from multiip import state
@@ -103,7 +103,8 @@ def dhcp(the_lab: labmod.Lab, n: int, client: str) -> dict[str, Any]:
     run_s = timed(multiip("run", *args), the_lab.host_ns)
     rows = state.status(make_target(p))["namespaces"]
     leased = sum(1 for r in rows if r["ipv4"])
-    processes, pss = pss_of(f"{p}-t".encode()) if client != "dhcpcd" else _dhcpcd_pss(p)
+    # dhcpcd forks privilege-separation helpers whose command lines do not name the interface
+    processes, pss, rss = memory_of(b"dhcpcd" if client == "dhcpcd" else f"{p}-t".encode())
     down_s = down(p, the_lab.host_ns)
     return {
         "namespaces": n,
@@ -111,14 +112,10 @@ def dhcp(the_lab: labmod.Lab, n: int, client: str) -> dict[str, Any]:
         "seconds_to_every_lease": run_s,
         "leased": leased,
         "client_processes": processes,
-        "client_pss_mib_per_namespace": round(pss / max(processes, 1) / 2**20, 2),
+        "client_rss_mib_per_namespace": round(rss / n / 2**20, 2),
+        "client_pss_mib_per_namespace": round(pss / n / 2**20, 2),
         "down_seconds": down_s,
     }
-
-
-def _dhcpcd_pss(prefix: str) -> tuple[int, int]:
-    """dhcpcd forks helpers (privsep) whose command lines do not name the interface: count them all."""
-    return pss_of(b"dhcpcd")
 
 
 def main() -> dict[str, Any]:
