@@ -6,6 +6,7 @@ import ipaddress
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -286,3 +287,25 @@ def test_tune_host_needs_the_hosts_own_namespace(lab: labmod.Lab, prefix: str) -
     cp = multiip("run", "--prefix", prefix, "--count", "2", "--tune-host", "--yes", netns=lab.host_ns, check=False)
     assert cp.returncode != 0 and "run it in the host's own" in cp.stderr
     assert not ours(prefix)
+
+
+def test_interrupted_setup_says_so_and_down_cleans_up(lab: labmod.Lab, prefix: str, tmp_path: Path) -> None:
+    """A setup killed half-way (Ctrl-C, a dropped session) reports where, and `down` removes the rest."""
+    before = host_state(lab.host_ns, prefix)
+    setup = render_to(tmp_path, "setup.sh", "--prefix", prefix, "--count", "300", "--dhcp", "none",
+                      "--address", "198.18.220.1/15")  # fmt: skip
+    proc = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{lab.host_ns}", "bash", str(setup)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "progress namespaces 100/300" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=30) == 130
+    assert 'multiip: error: interrupted during step "300 namespaces' in rest, rest
+    assert ours(prefix), "the test meant to interrupt a half-done setup"
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert_clean(lab, prefix, before)

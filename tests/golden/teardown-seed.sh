@@ -21,12 +21,14 @@ step() { STEP=$2; printf 'multiip: [%s] %s\n' "$1" "$2" >&2; }
 progress() { printf 'multiip: progress %s %s/%s\n' "$1" "$2" "$3" >&2; }
 ROLLBACK=""  # a function to call before exiting on an error, while a step can be undone
 on_error() {
-  trap - ERR
-  printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2
+  trap - ERR INT TERM HUP
+  if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"\n' "$STEP" >&2
+  else printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2; fi
   if [[ -n $ROLLBACK ]]; then "$ROLLBACK"; fi
   exit "$1"
 }
 trap 'on_error $? $LINENO' ERR
+trap 'on_error 130 $LINENO' INT TERM HUP  # Ctrl-C, kill, a dropped SSH session: same rollback
 
 need_root() { [[ $EUID -eq 0 ]] || die "run this as root: it changes network interfaces"; }
 need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
