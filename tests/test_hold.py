@@ -163,3 +163,14 @@ def test_demo_end_to_end_leaves_nothing() -> None:
     assert holdworkers() == []
     assert not [p for p in Path("/run/multiip-lab").glob("demo*")]
     assert not [p for p in Path("/run/multiip").glob("d*")]
+
+
+def test_rate_caps_new_connections(lab: labmod.Lab, two: str) -> None:
+    """--rate 2000 for 2 x 1000 connections: the ramp takes about a second, not a blink."""
+    result = json.loads(
+        multiip("hold", server(lab), "--prefix", two, "--per-ip", "1000", "--rate", "2000", "--duration", "0",
+                "--json").stdout
+    )  # fmt: skip
+    assert result["established"] == 2000
+    assert 0.8 <= result["seconds"] <= 3.0, result["seconds"]
+    assert_nothing_held(lab, two)
