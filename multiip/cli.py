@@ -71,6 +71,14 @@ TuneHost = Annotated[
         "namespaces outgrow; down restores them. Without it such counts are refused with what to change."
     ),
 ]
+Confirm = Annotated[
+    int,
+    typer.Option(
+        metavar="SECONDS",
+        help="After moving the uplink, ask on the terminal to confirm the host is still reachable; without an "
+        "answer within SECONDS the uplink goes back as it was (like netplan try). For setups over SSH.",
+    ),
+]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before moving the uplink.")]
 DryRun = Annotated[bool, typer.Option(help="Print the script that would run, change nothing.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
@@ -128,6 +136,7 @@ def render_cmd(
     host_dhcp: HostDhcp = False,
     lease_timeout: LeaseTimeout = 30,
     tune_host: TuneHost = False,
+    confirm: Confirm = 0,
     teardown: Annotated[bool, typer.Option(help="Print the script that undoes the setup.")] = False,
 ) -> None:
     """Print a standalone bash script of the setup (or, with --teardown, of its undoing)."""
@@ -137,7 +146,7 @@ def render_cmd(
     plan = make_plan(
         prefix=prefix, bridge=bridge, uplink=uplink, count=count, dhcp=dhcp, address=address, gateway=gateway,
         port_range=port_range, bridge_tool=bridge_tool, host_dhcp=host_dhcp, lease_timeout=lease_timeout,
-        tune_host=tune_host,
+        tune_host=tune_host, confirm=confirm,
     )  # fmt: skip
     sys.stdout.write(render.setup_script(plan))
 
@@ -156,6 +165,7 @@ def run(
     host_dhcp: HostDhcp = False,
     lease_timeout: LeaseTimeout = 30,
     tune_host: TuneHost = False,
+    confirm: Confirm = 0,
     yes: Yes = False,
     dry_run: DryRun = False,
 ) -> None:
@@ -163,7 +173,7 @@ def run(
     plan = make_plan(
         prefix=prefix, bridge=bridge, uplink=uplink, count=count, dhcp=dhcp, address=address, gateway=gateway,
         port_range=port_range, bridge_tool=bridge_tool, host_dhcp=host_dhcp, lease_timeout=lease_timeout,
-        tune_host=tune_host,
+        tune_host=tune_host, confirm=confirm,
     )  # fmt: skip
     script = render.setup_script(plan)
     if dry_run:

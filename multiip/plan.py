@@ -93,6 +93,7 @@ class Plan:
     host_mode: str = "move"
     lease_timeout: int = 30
     tune_host: bool = False
+    confirm: int = 0  # seconds to confirm reachability after the uplink moved; 0: do not ask
 
     @property
     def namespaces(self) -> list[str]:
@@ -119,6 +120,8 @@ class Plan:
             out += ["--lease-timeout", str(self.lease_timeout)]
         if self.tune_host:
             out += ["--tune-host"]
+        if self.confirm:
+            out += ["--confirm", str(self.confirm)]
         return out
 
 
@@ -135,6 +138,7 @@ def make_plan(
     host_dhcp: bool = False,
     lease_timeout: int = 30,
     tune_host: bool = False,
+    confirm: int = 0,
 ) -> Plan:
     n = options.count(count)
     target = make_target(prefix, bridge, uplink, n)
@@ -151,6 +155,8 @@ def make_plan(
     if host_dhcp and client == "none":
         raise MultiipError("--host-dhcp needs a DHCP client: pick one with --dhcp")
     options.seconds(lease_timeout, "--lease-timeout")
+    if not 0 <= confirm <= 600:
+        raise MultiipError(f"--confirm {confirm}: give 1..600 seconds (0: do not ask)")
     return Plan(
         target=target,
         count=n,
@@ -163,4 +169,5 @@ def make_plan(
         host_mode="dhcp" if host_dhcp else "move",
         lease_timeout=int(lease_timeout),
         tune_host=tune_host,
+        confirm=confirm,
     )

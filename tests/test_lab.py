@@ -309,3 +309,28 @@ def test_interrupted_setup_says_so_and_down_cleans_up(lab: labmod.Lab, prefix: s
     assert ours(prefix), "the test meant to interrupt a half-done setup"
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
     assert_clean(lab, prefix, before)
+
+
+def test_confirm_puts_the_uplink_back_without_an_answer_and_keeps_it_with_one(
+    lab: labmod.Lab, prefix: str, tmp_path: Path
+) -> None:
+    """--confirm, like netplan try: over a (pseudo) terminal, no Enter within the time reverts the move."""
+    before = host_state(lab.host_ns, prefix)
+    setup = render_to(tmp_path, "setup.sh", "--prefix", prefix, "--count", "2", "--dhcp", "none",
+                      "--address", "198.18.230.1/15", "--confirm", "2")  # fmt: skip
+    in_pty = f"nsenter --net=/run/netns/{lab.host_ns} bash {setup}"
+    no_tty = sh("bash", str(setup), netns=lab.host_ns, check=False, stdin=subprocess.DEVNULL, start_new_session=True)
+    assert no_tty.returncode != 0 and "there is none" in no_tty.stderr and not ours(prefix)
+
+    silent = subprocess.run(f"(sleep 5) | script -qec '{in_pty}' /dev/null", shell=True, capture_output=True, text=True)
+    assert "not confirmed within 2 s: eth0 is back as it was" in silent.stdout, silent.stdout
+    uplink = [(n, a, p) for n, a, p, _ in host_state(lab.host_ns, prefix)["addresses"]]
+    assert ("eth0", str(lab.host_ip), 15) in uplink and not any(n == "br0" for n, _, _ in uplink)
+    assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "eth0"
+
+    answered = subprocess.run(f"(sleep 1; echo) | script -qec '{in_pty}' /dev/null", shell=True,
+                              capture_output=True, text=True)  # fmt: skip
+    assert "ready: 2 namespaces" in answered.stdout, answered.stdout
+    assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "br0"
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert_clean(lab, prefix, before)

@@ -81,6 +81,10 @@ def test_plan_rules() -> None:
         make_plan(dhcp="none", host_dhcp=True)
     with pytest.raises(MultiipError, match="over 15 characters"):
         make_plan(prefix="abcdefghijkl", count=100)  # abcdefghijkl-b99 is 16 characters
+    with pytest.raises(MultiipError, match="--confirm"):
+        make_plan(confirm=601)
+    with pytest.raises(MultiipError, match="--confirm"):
+        make_plan(confirm=-1)
     with pytest.raises(MultiipError, match="both"):
         make_target(bridge="eth0", uplink="eth0")
 
