@@ -250,28 +250,13 @@ def hold_cmd(
         raise MultiipError(f"--duration {duration}: must be 0 or more")
     if rate < 0:
         raise MultiipError(f"--rate {rate}: must be 0 or more")
-    shares = hold.plan_shares(target, per_ip)
-    for note in hold.preflight(shares):
-        ui.console.print(f"multiip: {note}", markup=False)
-    with ui.HoldProgress(sum(s.count for s in shares)) as progress:
-        result = hold.hold(shares, where, duration, rate, progress)
+    result = ui.hold_with_progress(hold.plan_shares(target, per_ip), where, duration, rate)
     ui.hold_table(result)
-    ui.console.print(headline(result), markup=False)
+    ui.console.print(ui.headline(result), markup=False)
     if json_out:
         print(json.dumps(result, indent=2))
     if result["interrupted"]:
         raise typer.Exit(130)
-
-
-def headline(result: dict[str, object]) -> str:
-    est = int(str(result["established"]))
-    n = len(result["namespaces"])  # type: ignore[arg-type]
-    secs = result["seconds"]
-    ramp = f" in {secs:.1f} s" if isinstance(secs, float) else ""
-    return (
-        f"multiip: {est:,} connections held to {result['server']} from {n} source IPs on one host{ramp}: "
-        f"{est / 64512:.1f}x the 64,512 one IP can open"
-    )
 
 
 @app.command("demo")
@@ -280,7 +265,7 @@ def demo_cmd(count: Count = 4) -> None:
     _need_root("demo")
     plan = make_plan(count=count)  # validates --count before anything starts
     result = demo.run(plan.count)
-    ui.console.print(headline(result), markup=False)
+    ui.console.print(ui.headline(result), markup=False)
     if result["established"] != result["target"]:
         raise MultiipError(f"held {result['established']:,} of {result['target']:,} connections", exit_code=1)
 
@@ -295,7 +280,7 @@ def lab_up(
     """Bring up the lab: LAN namespace (dnsmasq, TCP sink) and host namespace (uplink eth0)."""
     the_lab = lab.make_lab(name, port, leases, capacity)
     _need_root("lab up")
-    _run(render.render("lab_up.sh.j2", lab=the_lab, python=the_lab.python), f"multiip: lab {name} up")
+    _run(render.lab_up_script(the_lab), f"multiip: lab {name} up")
 
 
 @lab_app.command("down")
@@ -303,7 +288,7 @@ def lab_down(name: LabName = "mlab") -> None:
     """Remove the lab: sink, DHCP server, namespaces, state."""
     the_lab = lab.make_lab(name)
     _need_root("lab down")
-    _run(render.render("lab_down.sh.j2", lab=the_lab), f"multiip: lab {name} down")
+    _run(render.lab_down_script(the_lab), f"multiip: lab {name} down")
 
 
 @lab_app.command("exec", context_settings={"allow_interspersed_args": False})

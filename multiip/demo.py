@@ -20,18 +20,14 @@ def run(count: int) -> dict[str, Any]:
     plan = make_plan(prefix=f"d{tag}", count=count)
     target = plan.target
     with ui.ScriptProgress(f"multiip demo: lab {the_lab.name} (a host on a LAN, all in namespaces)") as show:
-        execute.run_script(render.render("lab_up.sh.j2", lab=the_lab, python=the_lab.python), show)
+        execute.run_script(render.lab_up_script(the_lab), show)
     try:
         with ui.ScriptProgress(f"multiip run --count {count} --prefix {target.prefix}, as the lab host") as show:
             execute.run_script(render.setup_script(plan), show, netns=the_lab.host_ns)
         ui.status_table(state.status(target))
-        shares = hold.plan_shares(target, None)
-        for note in hold.preflight(shares):
-            ui.console.print(f"multiip: {note}", markup=False)
         server = hold.Server(the_lab.lan_ip, the_lab.port)
         ui.console.print(f"[bold]multiip hold {server} --prefix {target.prefix} --duration {HOLD_SECONDS:g}[/bold]")
-        with ui.HoldProgress(sum(s.count for s in shares)) as progress:
-            result = hold.hold(shares, server, HOLD_SECONDS, 0.0, progress)
+        result = ui.hold_with_progress(hold.plan_shares(target, None), server, HOLD_SECONDS)
         ui.hold_table(result)
         return result
     finally:
@@ -39,4 +35,4 @@ def run(count: int) -> dict[str, Any]:
             try:
                 execute.run_script(render.teardown_script(target), show, netns=the_lab.host_ns)
             finally:
-                execute.run_script(render.render("lab_down.sh.j2", lab=the_lab), show)
+                execute.run_script(render.lab_down_script(the_lab), show)

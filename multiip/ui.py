@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from multiip import hold
+
 console = Console(stderr=True, highlight=False)
 if not console.is_terminal:  # logs and pipes: wide enough for a status row on one line
     console = Console(stderr=True, highlight=False, width=200)
@@ -146,3 +148,23 @@ def hold_table(result: dict[str, Any]) -> None:
         failed = ", ".join(f"{k} {v:,}" for k, v in sorted(r["failed"].items())) or "-"
         table.add_row(r["name"], r["ip"], f"{r['established']:,}", failed)
     console.print(table)
+
+
+def hold_with_progress(
+    shares: list[hold.Share], server: hold.Server, duration: float | None, rate: float = 0.0, bind: bool = True
+) -> dict[str, Any]:
+    """hold.hold with what could stop it short said first and a progress bar while it runs."""
+    for note in hold.preflight(shares):
+        console.print(f"multiip: {note}", markup=False)
+    with HoldProgress(sum(s.count for s in shares)) as progress:
+        return hold.hold(shares, server, duration, rate, progress, bind=bind)
+
+
+def headline(result: dict[str, Any]) -> str:
+    est = int(result["established"])
+    secs = result["seconds"]
+    ramp = f" in {secs:.1f} s" if isinstance(secs, float) else ""
+    return (
+        f"multiip: {est:,} connections held to {result['server']} from {len(result['namespaces'])} source IPs "
+        f"on one host{ramp}: {est / 64512:.1f}x the 64,512 one IP can open"
+    )
