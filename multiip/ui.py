@@ -62,7 +62,8 @@ class ScriptProgress:
         if m := _STEP.match(line):
             self._finish_current()
             description = f"[{m[1]}/{m[2]}] {m[3]}"
-            self.task = self.progress.add_task(description, total=None)
+            short = description if len(description) <= 60 else description[:59] + "…"  # leave room for the bar
+            self.task = self.progress.add_task(short, total=None)
             if not self.live:
                 console.print(description)
             return

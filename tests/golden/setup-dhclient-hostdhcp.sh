@@ -362,7 +362,7 @@ if ! link_exists "$BRIDGE"; then
 fi
 ip link set dev "$BRIDGE" up
 
-step 4/6 "$COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)), veth pairs ${INSIDE}N (inside) / ${PORT}N (on $BRIDGE); inside: lo up, ip_local_port_range ${PORT_RANGE[0]}-${PORT_RANGE[1]}"
+step 4/6 "$COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)) with veths ${INSIDE}N/${PORT}N, ports ${PORT_RANGE[0]}-${PORT_RANGE[1]}"
 declare -A have=() links=() masters=()
 while read -r name _; do have[$name]=1; done < <(ip netns list)
 while read -r _ name rest; do
