@@ -334,3 +334,21 @@ def test_confirm_puts_the_uplink_back_without_an_answer_and_keeps_it_with_one(
     assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "br0"
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
     assert_clean(lab, prefix, before)
+
+
+def test_two_setups_share_a_bridge_and_the_first_down_leaves_the_other_working(
+    lab: labmod.Lab, prefix: str
+) -> None:
+    other = prefix + "o"
+    before = host_state(lab.host_ns, prefix)
+    multiip("run", "--prefix", prefix, "--count", "2", "--yes", netns=lab.host_ns)
+    multiip("run", "--prefix", other, "--count", "2", "--yes", netns=lab.host_ns)
+    try:
+        cp = multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+        assert "still has other ports" in cp.stderr
+        assert not ours(prefix)
+        check_dhcp_setup(lab, other, 2)  # untouched: addresses, clients alive
+        assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "br0"
+    finally:
+        multiip("down", "--prefix", other, "--yes", netns=lab.host_ns)
+    assert_clean(lab, other, before)

@@ -265,7 +265,16 @@ if [[ -z $UPLINK ]]; then
   UPLINK=$(ip -4 route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }')
   [[ -n $UPLINK ]] || die "no default route to find the uplink by: name it with --uplink"
 fi
-[[ $UPLINK != "$BRIDGE" ]] || die "the default route already leaves by $BRIDGE: name the uplink with --uplink"
+SHARED_STATE=""  # another setup's state directory, when this one joins its bridge
+if [[ $UPLINK == "$BRIDGE" ]]; then  # another setup already moved the uplink into this bridge: its state says which
+  for env in /run/multiip/*/setup.env; do
+    [[ -r $env ]] && grep -qx "BRIDGE=$BRIDGE" "$env" || continue
+    UPLINK=$(sed -n 's/^UPLINK=//p' "$env")
+    SHARED_STATE=${env%/setup.env}
+    break
+  done
+  [[ $UPLINK != "$BRIDGE" ]] || die "the default route already leaves by $BRIDGE: name the uplink with --uplink"
+fi
 link_exists "$UPLINK" || die "uplink $UPLINK does not exist"
 ip -o link show dev "$UPLINK" | grep -q ' link/ether ' || die "uplink $UPLINK is not an Ethernet device"
 UPLINK_MASTER=$(link_master "$UPLINK")
@@ -297,7 +306,12 @@ elif ((COUNT >= 500)); then
 fi
 
 step 2/6 "save $UPLINK's addresses and routes to $STATE"
-if [[ $UPLINK_MASTER != "$BRIDGE" ]]; then save_uplink; fi
+mkdir -p "$STATE"
+if [[ $UPLINK_MASTER != "$BRIDGE" ]]; then
+  save_uplink
+elif [[ ! -e $STATE/uplink && -n $SHARED_STATE ]]; then
+  cp "$SHARED_STATE/uplink" "$SHARED_STATE/uplink.addr" "$SHARED_STATE/uplink.route" "$STATE/"  # whoever goes last restores it
+fi
 printf 'UPLINK=%s\nBRIDGE=%s\nDHCP=%s\nHOST_MODE=%s\nCOUNT=%s\n' "$UPLINK" "$BRIDGE" "$DHCP" "$HOST_MODE" "$COUNT" >"$STATE/setup.env"
 if [[ $DHCP == udhcpc ]]; then
   cat >"$STATE/udhcpc.script" <<'UDHCPC'

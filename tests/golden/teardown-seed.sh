@@ -236,13 +236,18 @@ need_tool awk mawk
 load_state
 [[ -z $SAVED_BRIDGE ]] || BRIDGE=$SAVED_BRIDGE
 mapfile -t NAMESPACES < <(our_namespaces)
-if link_exists "$BRIDGE" && [[ -z $UPLINK ]]; then
-  # State lost: the uplink is the bridge's port that is not one of our veths.
+foreign_ports() {  # sets FOREIGN to the bridge's ports that are not our veths ${PORT}N
+  local name
+  FOREIGN=()
   while read -r _ name _; do
     name=${name%:}
     name=${name%@*}
-    [[ $name =~ ^${PORT//./\\.}[0-9]+$ ]] || { UPLINK=$name; break; }
+    [[ $name =~ ^${PORT//./\\.}[0-9]+$ ]] || FOREIGN+=("$name")
   done < <(ip -o link show master "$BRIDGE")
+}
+if link_exists "$BRIDGE" && [[ -z $UPLINK ]]; then
+  foreign_ports  # state lost: the uplink is the bridge's port that is not one of our veths
+  UPLINK=${FOREIGN[0]:-}
 fi
 say "found ${#NAMESPACES[@]} namespaces, bridge ${BRIDGE}$(link_exists "$BRIDGE" || echo ' (absent)'), uplink ${UPLINK:-(none)}"
 mkdir -p "$STATE"
@@ -304,12 +309,9 @@ if link_exists "$BRIDGE"; then
     if [[ -n $PID ]]; then wait_gone "$PID"; fi
     rm -f "/var/lib/dhcpcd/$BRIDGE.lease"
   fi
+  foreign_ports
   others=""
-  while read -r _ name _; do
-    name=${name%:}
-    name=${name%@*}
-    if [[ $name != "$UPLINK" && ! $name =~ ^${PORT//./\\.}[0-9]+$ ]]; then others+=" $name"; fi
-  done < <(ip -o link show master "$BRIDGE")
+  for name in "${FOREIGN[@]}"; do [[ $name == "$UPLINK" ]] || others+=" $name"; done
   if [[ -n $others ]]; then
     say "$BRIDGE still has other ports:$others; leaving it and ${UPLINK:-the uplink} in place"
   else
