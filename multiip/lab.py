@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-import resource
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from multiip import options
 from multiip.errors import MultiipError
+from multiip.hold import fd_limit
 
 LAB_ROOT = Path("/run/multiip-lab")
 NETWORK = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmarking range
@@ -70,9 +70,7 @@ class Lab:
     def workers(self) -> int:
         """Sink processes: each holds at most half its open-file limit, so SO_REUSEPORT's uneven
         spread never fills one."""
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        per_worker = max(1000, (hard if hard != resource.RLIM_INFINITY else 1 << 20) // 2)
-        return max(2, math.ceil(self.capacity / per_worker))
+        return max(2, math.ceil(self.capacity / max(1000, fd_limit() // 2)))
 
     @property
     def python(self) -> str:
