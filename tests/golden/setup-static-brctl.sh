@@ -321,6 +321,8 @@ if [[ $DHCP == udhcpc ]]; then
 # udhcpc event script written by multiip. It configures $interface in its namespace and writes the
 # DNS servers to $MULTIIP_RESOLV (/etc/netns/<ns>/resolv.conf) and the lease to $MULTIIP_LEASE,
 # never to /etc/resolv.conf.
+# Being torn down (the teardown leaves this mark): the namespace goes next, nothing to undo.
+[ ! -e "${MULTIIP_LEASE%/*}/stopping" ] || exit 0
 case "$1" in
   deconfig)
     ip -4 address flush dev "$interface"
