@@ -292,7 +292,7 @@ wait_gone "${clients[@]}"
 progress released "${#clients[@]}" "${#clients[@]}"
 
 step 3/5 "stop anything else running in the namespaces, then remove them"
-map_namespace_pids
+((${#clients[@]} == 0)) || map_namespace_pids  # what step 2 found still holds if it stopped nothing
 left=()
 for ns in "${NAMESPACES[@]}"; do
   # shellcheck disable=SC2206 # one pid per word
