@@ -250,7 +250,7 @@ if [[ -n $SAVED_DHCP && $DHCP != "$SAVED_DHCP" ]]; then  # running again: keep t
   DHCP=$SAVED_DHCP
 fi
 if [[ $DHCP == auto ]]; then
-  for candidate in udhcpc dhclient dhcpcd; do  # udhcpc first: 1.4 MiB per namespace against dhclient's 3.6
+  for candidate in udhcpc dhclient dhcpcd; do  # udhcpc first: 2.0 MiB RSS per namespace here, dhclient 3.5, dhcpcd 6.9
     if command -v "$candidate" >/dev/null 2>&1; then DHCP=$candidate; break; fi
   done
   [[ $DHCP != auto ]] || die "no DHCP client found: install udhcpc, isc-dhcp-client or dhcpcd-base, or use --dhcp none"
