@@ -19,7 +19,6 @@ import ctypes
 import errno
 import json
 import os
-import resource
 import select
 import signal
 import socket
@@ -28,6 +27,8 @@ import sys
 import time
 from collections import Counter
 from types import FrameType
+
+from multiip.sink import raise_fd_limit
 
 PR_SET_PDEATHSIG = 1
 LINGER_RST = struct.pack("ii", 1, 0)
@@ -67,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(args.parent)
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
 
     server = (args.host, args.port)
     ep = select.epoll()

@@ -40,7 +40,7 @@ def _write_json(path: Path, data: object) -> None:
     tmp.replace(path)
 
 
-def fd_limit() -> int:
+def raise_fd_limit() -> int:
     """Raise the soft open-file limit to the hard one; return it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -51,7 +51,7 @@ def fd_limit() -> int:
 def worker(index: int, host: str, port: int, state: Path) -> None:
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    limit = fd_limit() - 32
+    limit = raise_fd_limit() - 32
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -46,9 +46,8 @@ class ScriptProgress:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        if self.task is not None and kind is None:
-            task = self.progress.tasks[-1]
-            self.progress.update(self.task, completed=task.total or 1, total=task.total or 1)
+        if kind is None:
+            self._finish_current()
         self.progress.__exit__(kind, value, tb)
 
     def _finish_current(self) -> None:
