@@ -3,6 +3,7 @@
 - 300 namespaces with static addresses: `multiip run` against the seed-style loop (one `ip` per step,
   `ip netns exec` per namespace, the same devices and addresses), and the exported script against `run`;
 - 1000 namespaces: `run` (static addresses) and `down`;
+- both also with MULTIIP_INSIDE=ip (one nsenter -> sh -> ip per namespace instead of the perl helper);
 - 200 namespaces all holding a DHCP lease (lab server with its ping check off), and DHCP client memory
   per namespace for udhcpc, dhclient and dhcpcd;
 - 1000 namespaces with DHCP, with the host-wide ARP and backlog limits raised for the run.
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import string
 import subprocess
@@ -44,9 +46,11 @@ done
 """
 
 
-def timed(argv: list[str], netns: str) -> float:
+def timed(argv: list[str], netns: str, env: dict[str, str] | None = None) -> float:
     t0 = time.monotonic()
-    cp = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "--", *argv], capture_output=True, text=True)
+    cp = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{netns}", "--", *argv], capture_output=True, text=True, env=env
+    )
     elapsed = time.monotonic() - t0
     if cp.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:6])} failed: {cp.stderr[-2000:]}")
@@ -75,6 +79,9 @@ def seed_vs_run(host: str) -> dict[str, Any]:
         args = ["--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/15"]
         run_s = timed(multiip("run", *args, "--yes"), host)
         down(p, host)
+        # the same, entering each namespace with nsenter -> sh -> ip instead of the perl helper
+        run_nsenter_s = timed(multiip("run", *args, "--yes"), host, env={**os.environ, "MULTIIP_INSIDE": "ip"})
+        down(p, host)
         script = Path(tmp, "setup.sh")
         script.write_text(subprocess.run(multiip("render", *args), capture_output=True, text=True, check=True).stdout)
         script_s = timed(["bash", str(script)], host)
@@ -84,6 +91,7 @@ def seed_vs_run(host: str) -> dict[str, Any]:
         "seed_loop_seconds": seed_s,
         "run_seconds": run_s,
         "seed_over_run": round(seed_s / run_s, 1),
+        "run_with_one_nsenter_per_namespace_seconds": run_nsenter_s,
         "exported_script_seconds": script_s,
         "script_over_run": round(script_s / run_s, 2),
     }
@@ -94,7 +102,14 @@ def thousand(host: str) -> dict[str, Any]:
     args = ["--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/15"]
     run_s = timed(multiip("run", *args, "--yes"), host)
     down_s = down(p, host)
-    return {"namespaces": n, "run_seconds": run_s, "down_seconds": down_s}
+    run_nsenter_s = timed(multiip("run", *args, "--yes"), host, env={**os.environ, "MULTIIP_INSIDE": "ip"})
+    down(p, host)
+    return {
+        "namespaces": n,
+        "run_seconds": run_s,
+        "down_seconds": down_s,
+        "run_with_one_nsenter_per_namespace_seconds": run_nsenter_s,
+    }
 
 
 def dhcp(the_lab: labmod.Lab, n: int, client: str) -> dict[str, Any]:

@@ -15,9 +15,11 @@ def sh(*argv: str, check: bool = True, netns: str | None = None, **kw: Any) -> s
     return subprocess.run(argv, check=check, text=True, capture_output=True, **kw)
 
 
-def multiip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def multiip(
+    *args: str, netns: str | None = None, check: bool = True, **kw: Any
+) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it (python -m multiip), optionally as the lab host."""
-    cp = sh(sys.executable, "-m", "multiip", *args, netns=netns, check=False, stdin=subprocess.DEVNULL)
+    cp = sh(sys.executable, "-m", "multiip", *args, netns=netns, check=False, stdin=subprocess.DEVNULL, **kw)
     if check and cp.returncode != 0:
         raise AssertionError(f"multiip {' '.join(args)} exited {cp.returncode}:\n{cp.stderr}")
     return cp
@@ -48,6 +50,12 @@ def host_state(netns: str, prefix: str) -> dict[str, Any]:
         for a in x.get("addr_info", [])
     )
     routes = sorted(json.dumps(r, sort_keys=True) for r in ip_json("-4", "route", "show", netns=netns))
+    ports_ipv6 = sorted(  # the bridge ports: none may have an IPv6 link-local address
+        (x["ifname"], a["local"])
+        for x in ip_json("-6", "address", "show", netns=netns)
+        for a in x.get("addr_info", [])
+        if x["ifname"].startswith(prefix)
+    )
     inside = {}
     for ns in ours(prefix):
         inside[ns] = {
@@ -58,10 +66,15 @@ def host_state(netns: str, prefix: str) -> dict[str, Any]:
                 for a in x.get("addr_info", [])
             ),
             "routes": sorted(json.dumps(r, sort_keys=True) for r in ip_json("-4", "route", "show", netns=ns)),
+            "ipv6": sorted(
+                (x["ifname"], a["local"])
+                for x in ip_json("-6", "address", "show", netns=ns)
+                for a in x.get("addr_info", [])
+            ),
             "ports": sh("cat", "/proc/sys/net/ipv4/ip_local_port_range", netns=ns).stdout.split(),
             "resolv.conf": Path(f"/etc/netns/{ns}/resolv.conf").exists(),
         }
-    return {"links": links, "addresses": addrs, "routes": routes, "namespaces": inside}
+    return {"links": links, "addresses": addrs, "routes": routes, "ports_ipv6": ports_ipv6, "namespaces": inside}
 
 
 def leftovers(prefix: str, netns: str) -> list[str]:

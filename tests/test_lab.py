@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import platform
 import re
 import shutil
 import signal
@@ -170,6 +172,47 @@ def test_script_and_run_leave_the_same_host(lab: labmod.Lab, prefix: str, tmp_pa
     assert_clean(lab, prefix, before)
 
 
+def test_one_perl_process_and_one_nsenter_per_namespace_leave_the_same_namespaces(
+    lab: labmod.Lab, prefix: str
+) -> None:
+    """The setup enters the namespaces with its perl helper, or (MULTIIP_INSIDE=ip, or no perl) with one
+    nsenter -> sh -> ip per namespace: both leave the same host, without IPv6 link-local addresses."""
+    args = ["run", "--prefix", prefix, "--count", "5", "--dhcp", "none", "--address", "198.18.210.1/15", "--yes"]
+    before = host_state(lab.host_ns, prefix)
+    by_ip = multiip(*args, netns=lab.host_ns, env={**os.environ, "MULTIIP_INSIDE": "ip"})
+    assert "one nsenter per namespace" in by_ip.stderr
+    with_ip = host_state(lab.host_ns, prefix)
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert_clean(lab, prefix, before)
+    by_perl = multiip(*args, netns=lab.host_ns)
+    assert "one perl process enters each" in by_perl.stderr
+    with_perl = host_state(lab.host_ns, prefix)
+    assert with_perl == with_ip
+    inside = with_perl["namespaces"][f"{prefix}4"]
+    assert inside["ipv6"] == [("lo", "::1")] and with_perl["ports_ipv6"] == []
+    assert inside["ports"] == ["1024", "65535"]
+    assert inside["links"] == [("lo", "UNKNOWN"), (f"{prefix}-t4", "UP")]
+    assert inside["addresses"] == [("lo", "127.0.0.1", 8), (f"{prefix}-t4", "198.18.210.5", 15)]
+    assert [json.loads(r)["dst"] for r in inside["routes"]] == ["198.18.0.0/15", "default"]
+
+    # what the helper says when it cannot do its work: which namespace, what, why
+    helper = f"/run/multiip/{prefix}/inside.pl"
+    if platform.machine() == "x86_64":  # the setns system call's number the script passes it here
+        for line, why in (
+            (f"{prefix}4 nosuchdev", "nosuchdev: No such device"),
+            (f"{prefix}99 {prefix}-t99", "No such file or directory"),
+            (
+                f"{prefix}4 {prefix}-t4 198.18.210.5 15 10.9.9.9",
+                f"ip route replace default via 10.9.9.9 dev {prefix}-t4: Network is unreachable",
+            ),
+        ):
+            cp = sh("perl", helper, "308", "1024", "65535", netns=lab.host_ns, check=False, input=line + "\n")
+            ns = line.split()[0]
+            assert cp.returncode == 1 and cp.stderr == f"multiip: error: in namespace {ns}: {why}\n", cp.stderr
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert_clean(lab, prefix, before)
+
+
 def test_running_again_changes_nothing(lab: labmod.Lab, prefix: str) -> None:
     args = ["--prefix", prefix, "--count", "4", "--yes"]
     multiip("run", *args, netns=lab.host_ns)
@@ -300,13 +343,17 @@ def test_interrupted_setup_says_so_and_down_cleans_up(lab: labmod.Lab, prefix: s
     )  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:
-        if "progress namespaces 100/300" in line:
+        made = re.search(r"progress namespaces (\d+)/300", line)
+        if made and int(made[1]) < 300:
             proc.send_signal(signal.SIGTERM)
             break
     rest = proc.stderr.read()
     assert proc.wait(timeout=30) == 130
     assert 'multiip: error: interrupted during step "300 namespaces' in rest, rest
-    assert ours(prefix), "the test meant to interrupt a half-done setup"
+    made = ours(prefix)
+    assert 0 < len(made) < 300, "the test meant to interrupt a half-done setup"
+    time.sleep(1)
+    assert ours(prefix) == made, "nothing the script started goes on after it exits"
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
     assert_clean(lab, prefix, before)
 

@@ -79,6 +79,25 @@ def test_script_shape() -> None:
     assert 'brctl addbr "$BRIDGE"' in brctl and 'brctl stp "$BRIDGE" off' in brctl and "brctl addif" in brctl
 
 
+def inside_helper(script: str) -> str:
+    """The perl helper the setup script writes to $STATE/inside.pl."""
+    start = script.index("<<'PERL'\n") + len("<<'PERL'\n")
+    return script[start : script.index("\nPERL\n", start) + 1]
+
+
+@pytest.mark.parametrize("case", [c for c in sorted(CASES) if c.startswith("setup")])
+def test_inside_helper_compiles_and_names_the_ip_commands_it_stands_for(case: str, tmp_path: Path) -> None:
+    helper = inside_helper(CASES[case]())
+    assert helper.startswith("#!/usr/bin/perl\n")
+    for command in ("ip link set dev lo up", "addrgenmode none", "ip address replace", "ip route replace default"):
+        assert command in helper
+    if not shutil.which("perl"):
+        pytest.skip("perl not installed")
+    (tmp_path / "inside.pl").write_text(helper)
+    cp = subprocess.run(["perl", "-c", str(tmp_path / "inside.pl")], capture_output=True, text=True)
+    assert cp.returncode == 0 and "syntax OK" in cp.stderr, cp.stderr
+
+
 def test_host_resolv_conf_never_a_target() -> None:
     """Clients write their own resolver files; the host's is only ever a bind-mount target."""
     for case in CASES.values():

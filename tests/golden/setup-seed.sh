@@ -21,8 +21,10 @@ die() { printf 'multiip: error: %s\n' "$*" >&2; exit 2; }
 step() { STEP=$2; printf 'multiip: [%s] %s\n' "$1" "$2" >&2; }
 progress() { printf 'multiip: progress %s %s/%s\n' "$1" "$2" "$3" >&2; }
 ROLLBACK=""  # a function to call before exiting on an error, while a step can be undone
+BACKGROUND=()  # pids of background jobs (throttle below), waited for on an error or an interruption
 on_error() {
   trap - ERR INT TERM HUP
+  if ((${#BACKGROUND[@]} > 0)); then wait "${BACKGROUND[@]}" 2>/dev/null || true; fi  # none outlives the script
   if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"\n' "$STEP" >&2
   else printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2; fi
   if [[ -n $ROLLBACK ]]; then "$ROLLBACK"; fi
@@ -36,10 +38,16 @@ need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the 
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
 link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 
-# Run at most JOBS background jobs at a time; a failed job fails the script.
-JOBS=$(( $(nproc 2>/dev/null || echo 1) * 4 ))
+# Run at most JOBS background jobs at a time; a failed job fails the script. On an error or an
+# interruption the jobs in flight are waited for (a chunk of namespaces being made finishes first).
+CORES=$(nproc 2>/dev/null || echo 1)
+JOBS=$((CORES * 4))
 RUNNING=0
-throttle() { RUNNING=$((RUNNING + 1)); if ((RUNNING >= JOBS)); then wait -n; RUNNING=$((RUNNING - 1)); fi; }
+throttle() {
+  BACKGROUND+=("$!")
+  RUNNING=$((RUNNING + 1))
+  if ((RUNNING >= JOBS)); then wait -n; RUNNING=$((RUNNING - 1)); fi
+}
 drain() { while ((RUNNING > 0)); do wait -n; RUNNING=$((RUNNING - 1)); done; }
 
 # Our namespaces on this host: ${PREFIX} followed by digits only.
@@ -261,6 +269,21 @@ case $DHCP in
   dhcpcd) need_tool dhcpcd dhcpcd-base ;;
 esac
 [[ $HOST_MODE != dhcp || $DHCP == udhcpc ]] || need_tool unshare util-linux
+# Inside the namespaces, one perl process enters each in turn (setns) where perl is here, on an
+# architecture whose setns system call number this knows; otherwise one nsenter -> sh -> ip per namespace.
+# MULTIIP_INSIDE=ip chooses the latter.
+SETNS=""
+if [[ ${MULTIIP_INSIDE:-} != ip ]] && command -v perl >/dev/null 2>&1; then
+  case $(perl -MConfig -e 'print $Config{archname}') in
+    x86_64-linux | x86_64-linux-gnu-* | x86_64-linux-thread*) SETNS=308 ;;
+    aarch64-linux* | riscv64-linux* | loongarch64-linux*) SETNS=268 ;;
+    i[3-6]86-linux*) SETNS=346 ;;
+    arm-linux* | armv[5-8]*-linux*) SETNS=375 ;;
+    powerpc*-linux* | ppc*-linux*) SETNS=350 ;;
+    s390x-linux*) SETNS=339 ;;
+  esac
+fi
+if [[ -n $SETNS ]]; then ENTER="one perl process enters each"; else ENTER="one nsenter per namespace"; fi
 if [[ -z $UPLINK ]]; then
   UPLINK=$(ip -4 route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }')
   [[ -n $UPLINK ]] || die "no default route to find the uplink by: name it with --uplink"
@@ -378,7 +401,7 @@ if ! link_exists "$BRIDGE"; then
 fi
 ip link set dev "$BRIDGE" up
 
-step 4/6 "$COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)) with veths ${INSIDE}N/${PORT}N, ports ${PORT_RANGE[0]}-${PORT_RANGE[1]}"
+step 4/6 "$COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)), veths ${INSIDE}N/${PORT}N on $BRIDGE, ports ${PORT_RANGE[0]}-${PORT_RANGE[1]} ($ENTER)"
 declare -A have=() links=() masters=()
 while read -r name _; do have[$name]=1; done < <(ip netns list)
 while read -r _ name rest; do
@@ -387,39 +410,160 @@ while read -r _ name rest; do
   links[$name]=1
   if [[ $rest =~ \ master\ ([^ ]+) ]]; then masters[$name]=${BASH_REMATCH[1]}; fi
 done < <(ip -o link show)
-configure_inside() {  # $1 = i: one nsenter/sh/ip chain in the background, nothing forked for the rest
-  local batch="link set dev lo up"$'\n'"link set dev $INSIDE$1 addrgenmode none up"$'\n'
-  nsenter --net="/run/netns/$PREFIX$1" sh -c \
-    'printf "%s\t%s\n" "$1" "$2" >/proc/sys/net/ipv4/ip_local_port_range && exec ip -batch -' \
-    sh "${PORT_RANGE[0]}" "${PORT_RANGE[1]}" <<<"$batch" &
-  throttle
+if [[ -n $SETNS ]]; then
+  cat >"$STATE/inside.pl" <<'PERL'
+#!/usr/bin/perl
+# multiip's namespace helper, written by the setup script. For every line "NS DEVICE [ADDRESS PREFIXLEN
+# [GATEWAY]]" on stdin it enters the network namespace /run/netns/NS (setns) and does there what these
+# commands do, which is what the script runs instead, one nsenter per namespace, where perl is missing:
+#   printf '%s\t%s\n' LOW HIGH >/proc/sys/net/ipv4/ip_local_port_range
+#   ip link set dev lo up
+#   ip link set dev DEVICE addrgenmode none
+#   ip link set dev DEVICE up
+#   ip address replace ADDRESS/PREFIXLEN dev DEVICE
+#   ip route replace default via GATEWAY dev DEVICE
+# One process for many namespaces, rather than nsenter, sh and ip for each: those processes were most
+# of the time a thousand namespaces took. Arguments: the setns system call's number here, the port range.
+use strict;
+use warnings;
+use Errno ();
+use Socket qw(AF_INET SOCK_DGRAM SOCK_RAW inet_aton);
+
+my ($SETNS, $LOW, $HIGH) = @ARGV;
+my ($CLONE_NEWNET, $AF_NETLINK, $AF_INET6, $SIOCGIFINDEX, $IFF_UP) = (0x40000000, 16, 10, 0x8933, 1);
+my ($RTM_NEWLINK, $RTM_NEWADDR, $RTM_NEWROUTE, $NLMSG_ERROR) = (16, 20, 24, 2);
+my ($NLM_F_REQUEST, $NLM_F_ACK, $NLM_F_REPLACE, $NLM_F_CREATE) = (1, 4, 0x100, 0x400);
+my ($IFA_ADDRESS, $IFA_LOCAL, $RTA_OIF, $RTA_GATEWAY) = (1, 2, 4, 5);
+my ($IFLA_AF_SPEC, $IFLA_INET6_ADDR_GEN_MODE, $IN6_ADDR_GEN_MODE_NONE) = (26, 8, 1);
+my ($RT_TABLE_MAIN, $RTPROT_BOOT, $RT_SCOPE_UNIVERSE, $RTN_UNICAST) = (254, 3, 0, 1);
+my ($ns, $seq) = ('', 0);
+
+sub fail { print STDERR "multiip: error: in namespace $ns: @_\n"; exit 1; }
+
+sub attribute {    # a netlink attribute, padded to 4 bytes
+    my ($type, $data) = @_;
+    my $length = 4 + length $data;
+    return pack('SS', $length, $type) . $data . ("\0" x (-$length % 4));
 }
-# In chunks: while this shell creates the next chunk's devices (the kernel's work, under one lock),
-# the insides of the previous chunk are configured on the other cores. The veth ends get no IPv6
-# link-local address (addrgenmode none): otherwise every port coming up floods IPv6 DAD, router and
-# MLD packets over all the bridge's ports, and creating 1000 namespaces slows down quadratically.
-CHUNK=100
-for ((first = 0; first < COUNT; first += CHUNK)); do
-  last=$((first + CHUNK < COUNT ? first + CHUNK : COUNT))
-  batch=""
-  for ((i = first; i < last; i++)); do
+
+sub request {    # one rtnetlink request on $socket and its acknowledgement: 0, or the error number
+    my ($socket, $type, $flags, $body) = @_;
+    my $header = pack('LSSLL', 16 + length $body, $type, $NLM_F_REQUEST | $NLM_F_ACK | $flags, ++$seq, 0);
+    send($socket, $header . $body, 0) or return $! + 0;
+    defined(recv($socket, my $reply, 65536, 0)) or return $! + 0;
+    my (undef, $reply_type, undef, undef, undef, $error) = unpack('LSSLLl', $reply);
+    return $reply_type == $NLMSG_ERROR ? -$error : 0;
+}
+
+sub done {    # $what (the ip command it stands for), the error number
+    my ($what, $error) = @_;
+    return if !$error;
+    $! = $error;
+    fail("$what: $!");
+}
+
+while (my $line = <STDIN>) {
+    my ($device, $address, $prefixlen, $gateway);
+    ($ns, $device, $address, $prefixlen, $gateway) = split ' ', $line;
+    next unless defined $device;
+    open(my $handle, '<', "/run/netns/$ns") or fail("$!");
+    syscall($SETNS + 0, fileno($handle), $CLONE_NEWNET) == 0 or fail("setns: $!");
+    close $handle;
+
+    open(my $range, '>', '/proc/sys/net/ipv4/ip_local_port_range') or fail("ip_local_port_range: $!");
+    print {$range} "$LOW\t$HIGH\n";
+    close $range or fail("ip_local_port_range: $!");
+
+    # both sockets are made after setns: they belong to this namespace
+    socket(my $inet, AF_INET, SOCK_DGRAM, 0) or fail("socket: $!");
+    socket(my $rtnl, $AF_NETLINK, SOCK_RAW, 0) or fail("netlink socket: $!");
+    my $request = pack('Z16 x24', $device);
+    ioctl($inet, $SIOCGIFINDEX, $request) or fail("$device: $!");
+    my $index = unpack('x16 l', $request);
+
+    done('ip link set dev lo up', request($rtnl, $RTM_NEWLINK, 0, pack('CxSlLL', 0, 0, 1, $IFF_UP, $IFF_UP)));
+    # addrgenmode none before up, in its own request: in one request the kernel brings the link up first,
+    # and it can get an IPv6 link-local address (then DAD and MLD packets flood the bridge)
+    my $no_link_local = attribute($IFLA_AF_SPEC,
+        attribute($AF_INET6, attribute($IFLA_INET6_ADDR_GEN_MODE, pack('C', $IN6_ADDR_GEN_MODE_NONE))));
+    my $error = request($rtnl, $RTM_NEWLINK, 0, pack('CxSlLL', 0, 0, $index, 0, 0) . $no_link_local);
+    done("ip link set dev $device addrgenmode none", $error == Errno::EAFNOSUPPORT() ? 0 : $error);  # IPv6 off
+    done("ip link set dev $device up", request($rtnl, $RTM_NEWLINK, 0, pack('CxSlLL', 0, 0, $index, $IFF_UP, $IFF_UP)));
+    if (defined $prefixlen) {
+        my $packed = inet_aton($address) or fail("bad address $address");
+        my $message = pack('CCCCL', AF_INET, $prefixlen, 0, 0, $index);
+        $message .= attribute($IFA_LOCAL, $packed) . attribute($IFA_ADDRESS, $packed);
+        done("ip address replace $address/$prefixlen dev $device",
+            request($rtnl, $RTM_NEWADDR, $NLM_F_CREATE | $NLM_F_REPLACE, $message));
+    }
+    if (defined $gateway) {
+        my $packed = inet_aton($gateway) or fail("bad gateway $gateway");
+        my $message = pack('C8L', AF_INET, 0, 0, 0, $RT_TABLE_MAIN, $RTPROT_BOOT, $RT_SCOPE_UNIVERSE, $RTN_UNICAST, 0);
+        $message .= attribute($RTA_GATEWAY, $packed) . attribute($RTA_OIF, pack('L', $index));
+        done("ip route replace default via $gateway dev $device",
+            request($rtnl, $RTM_NEWROUTE, $NLM_F_CREATE | $NLM_F_REPLACE, $message));
+    }
+    close $rtnl;
+    close $inet;
+}
+PERL
+fi
+make_chunk() {  # $1 first, $2 last + 1: create what is missing in one `ip -batch`, then set up the insides
+  local i batch="" lines="" ns device address prefixlen gateway
+  for ((i = $1; i < $2; i++)); do
     [[ -n ${have[$PREFIX$i]:-} ]] || batch+="netns add $PREFIX$i"$'\n'
     [[ -n ${links[$PORT$i]:-} ]] || batch+="link add $INSIDE$i netns $PREFIX$i type veth peer name $PORT$i"$'\n'
     if [[ $BRIDGE_TOOL == ip && ${masters[$PORT$i]:-} != "$BRIDGE" ]]; then
       batch+="link set dev $PORT$i master $BRIDGE"$'\n'
     fi
-    batch+="link set dev $PORT$i addrgenmode none up"$'\n'
+    batch+="link set dev $PORT$i addrgenmode none"$'\n'"link set dev $PORT$i up"$'\n'
+    lines+="$PREFIX$i $INSIDE$i"$'\n'
   done
   ip -batch - <<<"$batch"
   if [[ $BRIDGE_TOOL == brctl ]]; then
-    for ((i = first; i < last; i++)); do
+    for ((i = $1; i < $2; i++)); do
       [[ ${masters[$PORT$i]:-} == "$BRIDGE" ]] || brctl addif "$BRIDGE" "$PORT$i"
     done
   fi
-  for ((i = first; i < last; i++)); do configure_inside "$i"; done
-  progress namespaces "$last" "$COUNT"
+  # Inside each namespace (NS DEVICE per line): the port range, lo and the veth
+  # end up without an IPv6 link-local address.
+  if [[ -n $SETNS ]]; then
+    perl "$STATE/inside.pl" "$SETNS" "${PORT_RANGE[@]}" <<<"$lines"
+  else
+    while read -r ns device address prefixlen gateway; do
+      [[ -n $ns ]] || continue
+      batch="link set dev lo up"$'\n'"link set dev $device addrgenmode none"$'\n'"link set dev $device up"$'\n'
+      [[ -z $address ]] || batch+="address replace $address/$prefixlen dev $device"$'\n'
+      [[ -z $gateway ]] || batch+="route replace default via $gateway dev $device"$'\n'
+      nsenter --net="/run/netns/$ns" sh -c \
+        'printf "%s\t%s\n" "$1" "$2" >/proc/sys/net/ipv4/ip_local_port_range && exec ip -batch -' \
+        sh "${PORT_RANGE[0]}" "${PORT_RANGE[1]}" <<<"$batch"
+    done <<<"$lines"
+  fi
+}
+# In chunks of at most 100, one chunk per core at a time, as many chunks as will keep every core busy
+# to the end: most of this is the kernel's work, which runs in parallel. Each chunk's insides are set up right after it is made, while few namespaces exist yet:
+# writing a namespace's sysctl costs a path lookup that grows with the number of namespaces.
+# The veth ends get no IPv6 link-local address (addrgenmode none, set before they go up): otherwise
+# every end coming up floods IPv6 DAD, router and MLD packets over all the bridge's ports, and 1000
+# namespaces slow down quadratically.
+CHUNKS=$(( (COUNT + 99) / 100 ))
+CHUNKS=$(( (CHUNKS + CORES - 1) / CORES * CORES ))
+CHUNK=$(( (COUNT + CHUNKS - 1) / CHUNKS ))
+made=0
+for ((first = 0; first < COUNT; first += CHUNK)); do
+  make_chunk "$first" $((first + CHUNK < COUNT ? first + CHUNK : COUNT)) &
+  BACKGROUND+=("$!")
+  RUNNING=$((RUNNING + 1))
+  if ((RUNNING >= CORES)); then
+    wait -n
+    RUNNING=$((RUNNING - 1))
+    made=$((made + CHUNK))
+    progress namespaces "$((made < COUNT ? made : COUNT))" "$COUNT"
+  fi
 done
 drain
+progress namespaces "$COUNT" "$COUNT"
 
 step 5/6 "move $UPLINK into $BRIDGE (its addresses and routes move to the bridge)"
 if [[ $(link_master "$UPLINK") != "$BRIDGE" ]]; then

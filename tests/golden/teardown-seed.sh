@@ -20,8 +20,10 @@ die() { printf 'multiip: error: %s\n' "$*" >&2; exit 2; }
 step() { STEP=$2; printf 'multiip: [%s] %s\n' "$1" "$2" >&2; }
 progress() { printf 'multiip: progress %s %s/%s\n' "$1" "$2" "$3" >&2; }
 ROLLBACK=""  # a function to call before exiting on an error, while a step can be undone
+BACKGROUND=()  # pids of background jobs (throttle below), waited for on an error or an interruption
 on_error() {
   trap - ERR INT TERM HUP
+  if ((${#BACKGROUND[@]} > 0)); then wait "${BACKGROUND[@]}" 2>/dev/null || true; fi  # none outlives the script
   if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"\n' "$STEP" >&2
   else printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2; fi
   if [[ -n $ROLLBACK ]]; then "$ROLLBACK"; fi
@@ -35,10 +37,16 @@ need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the 
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
 link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 
-# Run at most JOBS background jobs at a time; a failed job fails the script.
-JOBS=$(( $(nproc 2>/dev/null || echo 1) * 4 ))
+# Run at most JOBS background jobs at a time; a failed job fails the script. On an error or an
+# interruption the jobs in flight are waited for (a chunk of namespaces being made finishes first).
+CORES=$(nproc 2>/dev/null || echo 1)
+JOBS=$((CORES * 4))
 RUNNING=0
-throttle() { RUNNING=$((RUNNING + 1)); if ((RUNNING >= JOBS)); then wait -n; RUNNING=$((RUNNING - 1)); fi; }
+throttle() {
+  BACKGROUND+=("$!")
+  RUNNING=$((RUNNING + 1))
+  if ((RUNNING >= JOBS)); then wait -n; RUNNING=$((RUNNING - 1)); fi
+}
 drain() { while ((RUNNING > 0)); do wait -n; RUNNING=$((RUNNING - 1)); done; }
 
 # Our namespaces on this host: ${PREFIX} followed by digits only.
@@ -268,6 +276,7 @@ client_of() {  # $1 namespace, $2 interface: sets CLIENT and PID, from its pid f
 }
 clients=() udhcpcs=()
 for ns in "${NAMESPACES[@]}"; do
+  [[ -n ${NS_PIDS[$ns]:-} ]] || continue  # every client runs inside its namespace: none runs in this one
   dev=$INSIDE${ns#"$PREFIX"}
   client_of "$ns" "$dev"
   [[ -n $CLIENT ]] || continue
