@@ -282,6 +282,9 @@ if [[ ${MULTIIP_INSIDE:-} != ip ]] && command -v perl >/dev/null 2>&1; then
     powerpc*-linux* | ppc*-linux*) SETNS=350 ;;
     s390x-linux*) SETNS=339 ;;
   esac
+  # and that it works here: entering the namespace this already runs in changes nothing
+  [[ -z $SETNS ]] || perl -e 'open(my $f, "<", "/proc/self/ns/net") or exit 1;
+    exit(syscall($ARGV[0] + 0, fileno($f), 0x40000000) == 0 ? 0 : 1)' "$SETNS" 2>/dev/null || SETNS=""
 fi
 if [[ -n $SETNS ]]; then ENTER="one perl process enters each"; else ENTER="one nsenter per namespace"; fi
 if [[ -z $UPLINK ]]; then
