@@ -38,15 +38,15 @@ need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the 
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
 link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 
-# Run at most JOBS background jobs at a time; a failed job fails the script. On an error or an
-# interruption the jobs in flight are waited for (a chunk of namespaces being made finishes first).
+# throttle N after starting a background job: at most N run at a time; a failed job fails the script.
+# On an error or an interruption the jobs in flight are waited for (a chunk of namespaces being made
+# finishes first).
 CORES=$(nproc 2>/dev/null || echo 1)
-JOBS=$((CORES * 4))
 RUNNING=0
 throttle() {
   BACKGROUND+=("$!")
   RUNNING=$((RUNNING + 1))
-  if ((RUNNING >= JOBS)); then wait -n; RUNNING=$((RUNNING - 1)); fi
+  if ((RUNNING >= $1)); then wait -n; RUNNING=$((RUNNING - 1)); fi
 }
 drain() { while ((RUNNING > 0)); do wait -n; RUNNING=$((RUNNING - 1)); done; }
 
@@ -554,26 +554,23 @@ make_chunk() {  # $1 first, $2 last + 1: create what is missing in one `ip -batc
     done <<<"$lines"
   fi
 }
-# In chunks of at most 100, one chunk per core at a time, as many chunks as will keep every core busy
-# to the end: most of this is the kernel's work, which runs in parallel. Each chunk's insides are set up right after it is made, while few namespaces exist yet:
-# writing a namespace's sysctl costs a path lookup that grows with the number of namespaces.
+# In chunks of at most 100, one chunk per core at a time, as many chunks as keep every core busy to
+# the end: most of this is the kernel's work, which runs in parallel. Each chunk's insides are set up
+# right after it is made, while few namespaces exist yet: writing a namespace's sysctl costs a path
+# lookup that grows with the number of namespaces.
 # The veth ends get no IPv6 link-local address (addrgenmode none, set before they go up): otherwise
 # every end coming up floods IPv6 DAD, router and MLD packets over all the bridge's ports, and 1000
 # namespaces slow down quadratically.
 CHUNKS=$(( (COUNT + 99) / 100 ))
 CHUNKS=$(( (CHUNKS + CORES - 1) / CORES * CORES ))
 CHUNK=$(( (COUNT + CHUNKS - 1) / CHUNKS ))
-made=0
+started=0
 for ((first = 0; first < COUNT; first += CHUNK)); do
   make_chunk "$first" $((first + CHUNK < COUNT ? first + CHUNK : COUNT)) &
-  BACKGROUND+=("$!")
-  RUNNING=$((RUNNING + 1))
-  if ((RUNNING >= CORES)); then
-    wait -n
-    RUNNING=$((RUNNING - 1))
-    made=$((made + CHUNK))
-    progress namespaces "$((made < COUNT ? made : COUNT))" "$COUNT"
-  fi
+  throttle "$CORES"
+  started=$((started + 1))
+  made=$(( (started - RUNNING) * CHUNK ))
+  ((made == 0)) || progress namespaces "$((made < COUNT ? made : COUNT))" "$COUNT"
 done
 drain
 progress namespaces "$COUNT" "$COUNT"

@@ -37,15 +37,15 @@ need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the 
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
 link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 
-# Run at most JOBS background jobs at a time; a failed job fails the script. On an error or an
-# interruption the jobs in flight are waited for (a chunk of namespaces being made finishes first).
+# throttle N after starting a background job: at most N run at a time; a failed job fails the script.
+# On an error or an interruption the jobs in flight are waited for (a chunk of namespaces being made
+# finishes first).
 CORES=$(nproc 2>/dev/null || echo 1)
-JOBS=$((CORES * 4))
 RUNNING=0
 throttle() {
   BACKGROUND+=("$!")
   RUNNING=$((RUNNING + 1))
-  if ((RUNNING >= JOBS)); then wait -n; RUNNING=$((RUNNING - 1)); fi
+  if ((RUNNING >= $1)); then wait -n; RUNNING=$((RUNNING - 1)); fi
 }
 drain() { while ((RUNNING > 0)); do wait -n; RUNNING=$((RUNNING - 1)); done; }
 
@@ -285,7 +285,7 @@ for ns in "${NAMESPACES[@]}"; do
     udhcpcs+=("$PID")  # started with -R: it sends its DHCPRELEASE when it exits on SIGTERM
   else
     dhcp_release "$CLIENT" "$ns" "$dev" &
-    throttle
+    throttle $((4 * CORES))  # DHCP clients mostly wait: four per core
   fi
 done
 : >"$STATE/stopping"  # udhcpc's event script skips its deconfig work when it sees this
