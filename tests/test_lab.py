@@ -401,12 +401,14 @@ def test_two_setups_share_a_bridge_and_the_first_down_leaves_the_other_working(
     assert_clean(lab, other, before)
 
 
-def test_the_server_sees_every_release_at_scale(lab: labmod.Lab, prefix: str) -> None:
-    """200 releases at once overflowed dnsmasq's socket buffer; down paces them so none is lost."""
+def test_the_server_sees_every_release_at_scale(lab: labmod.Lab, prefix: str, tmp_path: Path) -> None:
+    """200 releases at once overflowed dnsmasq's socket buffer; down paces them so none is lost, and
+    says how far it is."""
     before = host_state(lab.host_ns, prefix)
     multiip("run", "--prefix", prefix, "--count", "200", "--yes", netns=lab.host_ns)
     released = releases(lab)
-    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    teardown = sh("bash", str(render_to(tmp_path, "teardown.sh", "--teardown", "--prefix", prefix)), netns=lab.host_ns)
+    assert re.findall(r"progress released (\d+)/200", teardown.stderr) == ["50", "100", "150", "200", "200"]
     assert releases(lab) - released == 200
     assert active_leases(lab) == 0
     assert_clean(lab, prefix, before)

@@ -294,6 +294,7 @@ done
 for ((w = 0; w < ${#udhcpcs[@]}; w += 50)); do
   kill -TERM "${udhcpcs[@]:w:50}" 2>/dev/null || true
   wait_gone "${udhcpcs[@]:w:50}"
+  progress released "$((w + 50 < ${#udhcpcs[@]} ? w + 50 : ${#udhcpcs[@]}))" "${#clients[@]}"
   sleep 0.05
 done
 drain
