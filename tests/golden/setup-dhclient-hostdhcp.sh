@@ -458,6 +458,11 @@ sub request {    # one rtnetlink request on $socket and its acknowledgement: 0, 
     return $reply_type == $NLMSG_ERROR ? -$error : 0;
 }
 
+sub link_message {    # ifinfomsg for RTM_NEWLINK: the link $index, with the flags in $up (IFF_UP or 0) changed
+    my ($index, $up) = @_;
+    return pack('CxSlLL', 0, 0, $index, $up, $up);
+}
+
 sub done {    # $what (the ip command it stands for), the error number
     my ($what, $error) = @_;
     return if !$error;
@@ -484,14 +489,14 @@ while (my $line = <STDIN>) {
     ioctl($inet, $SIOCGIFINDEX, $request) or fail("$device: $!");
     my $index = unpack('x16 l', $request);
 
-    done('ip link set dev lo up', request($rtnl, $RTM_NEWLINK, 0, pack('CxSlLL', 0, 0, 1, $IFF_UP, $IFF_UP)));
+    done('ip link set dev lo up', request($rtnl, $RTM_NEWLINK, 0, link_message(1, $IFF_UP)));
     # addrgenmode none before up, in its own request: in one request the kernel brings the link up first,
     # and it can get an IPv6 link-local address (then DAD and MLD packets flood the bridge)
     my $no_link_local = attribute($IFLA_AF_SPEC,
         attribute($AF_INET6, attribute($IFLA_INET6_ADDR_GEN_MODE, pack('C', $IN6_ADDR_GEN_MODE_NONE))));
-    my $error = request($rtnl, $RTM_NEWLINK, 0, pack('CxSlLL', 0, 0, $index, 0, 0) . $no_link_local);
+    my $error = request($rtnl, $RTM_NEWLINK, 0, link_message($index, 0) . $no_link_local);
     done("ip link set dev $device addrgenmode none", $error == Errno::EAFNOSUPPORT() ? 0 : $error);  # IPv6 off
-    done("ip link set dev $device up", request($rtnl, $RTM_NEWLINK, 0, pack('CxSlLL', 0, 0, $index, $IFF_UP, $IFF_UP)));
+    done("ip link set dev $device up", request($rtnl, $RTM_NEWLINK, 0, link_message($index, $IFF_UP)));
     if (defined $prefixlen) {
         my $packed = inet_aton($address) or fail("bad address $address");
         my $message = pack('CCCCL', AF_INET, $prefixlen, 0, 0, $index);
