@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from multiip import execute, lab, render, ui
+from multiip import execute, lab, ui
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,11 +43,11 @@ def sysctls(wanted: dict[str, int]) -> Iterator[dict[str, int]]:
 @contextlib.contextmanager
 def lab_up(name: str, leases: int, capacity: int) -> Iterator[lab.Lab]:
     the_lab = lab.make_lab(name=name, leases=leases, capacity=capacity)
-    execute.run_script(render.lab_up_script(the_lab), show)
+    execute.run_script(lab.up_script(the_lab), show)
     try:
         yield the_lab
     finally:
-        execute.run_script(render.lab_down_script(the_lab), show)
+        execute.run_script(lab.down_script(the_lab), show)
 
 
 def meminfo() -> dict[str, int]:

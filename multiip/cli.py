@@ -1,20 +1,22 @@
-"""The command line: a thin Typer layer over plan -> render -> execute, and the lab.
+"""The command line: a thin Typer layer over plan -> render -> execute, the load and the lab.
 
-Every error a user can cause is a MultiipError, printed once here as one line on stderr.
+Every error a user can cause is a MultiipError, printed once here as one line on stderr. Each command
+imports what it needs when it runs, so `multiip render` loads no load generator, lab or ``sh``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from multiip import __version__, demo, execute, hold, lab, render, state, ui
+from multiip import __version__, options
 from multiip.errors import MultiipError
-from multiip.plan import Target, make_plan, make_target
 
 app = typer.Typer(
     add_completion=False,
@@ -31,58 +33,38 @@ lab_app = typer.Typer(
 )
 app.add_typer(lab_app, name="lab")
 
-# Options shared by several commands.
-Prefix = Annotated[str, typer.Option(help="Namespaces are PREFIX0..PREFIX(N-1); ns gives the seed's names.")]
-Bridge = Annotated[str, typer.Option(help="The bridge that takes the uplink.")]
-Uplink = Annotated[
-    str,
-    typer.Option(
-        help="The host's uplink. Default: the interface of the default route, found on the host when the script runs."
-    ),
-]
-Count = Annotated[int, typer.Option("--count", "-n", help="How many namespaces (source IPs).")]
-Dhcp = Annotated[
-    str,
-    typer.Option(
-        help="auto|udhcpc|dhclient|dhcpcd|none; auto picks an installed one "
-        "where the script runs (udhcpc, then dhclient, then dhcpcd)."
-    ),
-]
-Address = Annotated[
-    str | None, typer.Option(help="With --dhcp none: namespace i gets ADDRESS + i, e.g. 198.18.1.10/15.")
-]
-Gateway = Annotated[
-    str | None, typer.Option(help="With --address: the namespaces' default route. Default: the uplink's gateway.")
-]
-PortRange = Annotated[str, typer.Option(help="ip_local_port_range set inside every namespace.")]
-BridgeTool = Annotated[str, typer.Option(help="ip: iproute2 only; brctl: the seed's brctl commands.")]
-HostDhcp = Annotated[
-    bool,
-    typer.Option(
-        help="The seed's way for the host: the bridge asks DHCP for the host's "
-        "address instead of taking over the uplink's addresses and routes."
-    ),
-]
-LeaseTimeout = Annotated[int, typer.Option(help="Seconds to wait for every namespace's DHCP lease.")]
-TuneHost = Annotated[
-    bool,
-    typer.Option(
-        help="Raise the host-wide ARP table (gc_thresh1-3) and netdev_max_backlog limits that about 1000 "
-        "namespaces outgrow; down restores them. Without it such counts are refused with what to change."
-    ),
-]
-Confirm = Annotated[
-    int,
-    typer.Option(
-        metavar="SECONDS",
-        help="After moving the uplink, ask on the terminal to confirm the host is still reachable; without an "
-        "answer within SECONDS the uplink goes back as it was (like netplan try). For setups over SSH.",
-    ),
-]
-Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before moving the uplink.")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_options(*specs: options.Spec) -> Callable[[F], F]:
+    """Give a command the options ``specs`` define (options.py), after its own: one definition each."""
+
+    def add(fn: F) -> F:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        extra = []
+        for spec in specs:
+            decls = [spec.flag, spec.short] if spec.short else [spec.flag]
+            kind: Any = spec.kind if spec.default is not None else spec.kind | None
+            info = typer.Option(*decls, help=spec.help, metavar=spec.metavar)
+            extra.append(
+                inspect.Parameter(
+                    spec.name, inspect.Parameter.KEYWORD_ONLY, default=spec.default, annotation=Annotated[kind, info]
+                )
+            )
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra
+        fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        fn.__annotations__ = {p.name: p.annotation for p in params}
+        return fn
+
+    return add
+
+
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing the host's network.")]
 DryRun = Annotated[bool, typer.Option(help="Print the script that would run, change nothing.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 LabName = Annotated[str, typer.Option("--name", help="Lab name: namespaces NAME-lan and NAME-host.")]
+UNDO = "`multiip down` removes what the setup made so far"
 
 
 def _version(value: bool) -> None:
@@ -113,125 +95,108 @@ def _confirm(question: str, yes: bool) -> None:
         raise MultiipError("nothing was changed", exit_code=1)
 
 
-def _run(script: str, title: str) -> None:
+def _run(script: str, title: str, undo: str = "", netns: str | None = None) -> None:
+    from multiip import execute, ui
+
     with ui.ScriptProgress(title) as show:
-        execute.run_script(script, show)
+        execute.run_script(script, show, netns=netns, undo=undo)
 
 
-def _uplink_words(t: Target) -> str:
-    return t.uplink or "the default route's interface"
+def _uplink_words(uplink: str) -> str:
+    return uplink or "the default route's interface"
 
 
 @app.command("render")
+@with_options(*options.SETUP)
 def render_cmd(
-    count: Count = 20,
-    prefix: Prefix = "ns",
-    bridge: Bridge = "br0",
-    uplink: Uplink = "",
-    dhcp: Dhcp = "auto",
-    address: Address = None,
-    gateway: Gateway = None,
-    port_range: PortRange = "1024-65535",
-    bridge_tool: BridgeTool = "ip",
-    host_dhcp: HostDhcp = False,
-    lease_timeout: LeaseTimeout = 30,
-    tune_host: TuneHost = False,
-    confirm: Confirm = 0,
     teardown: Annotated[bool, typer.Option(help="Print the script that undoes the setup.")] = False,
+    **opts: Any,
 ) -> None:
-    """Print a standalone bash script of the setup (or, with --teardown, of its undoing)."""
+    """Print a standalone bash script of the setup (or, with --teardown, of its undoing).
+
+    Example: multiip render --count 20 > setup.sh && multiip render --teardown > teardown.sh
+    """
+    from multiip import render
+    from multiip.plan import make_plan, make_target
+
     if teardown:
-        sys.stdout.write(render.teardown_script(make_target(prefix, bridge, uplink)))
+        sys.stdout.write(render.teardown_script(make_target(opts["prefix"], opts["bridge"], opts["uplink"])))
         return
-    plan = make_plan(
-        prefix=prefix, bridge=bridge, uplink=uplink, count=count, dhcp=dhcp, address=address, gateway=gateway,
-        port_range=port_range, bridge_tool=bridge_tool, host_dhcp=host_dhcp, lease_timeout=lease_timeout,
-        tune_host=tune_host, confirm=confirm,
-    )  # fmt: skip
-    sys.stdout.write(render.setup_script(plan))
+    sys.stdout.write(render.setup_script(make_plan(**opts)))
 
 
 @app.command()
-def run(
-    count: Count = 20,
-    prefix: Prefix = "ns",
-    bridge: Bridge = "br0",
-    uplink: Uplink = "",
-    dhcp: Dhcp = "auto",
-    address: Address = None,
-    gateway: Gateway = None,
-    port_range: PortRange = "1024-65535",
-    bridge_tool: BridgeTool = "ip",
-    host_dhcp: HostDhcp = False,
-    lease_timeout: LeaseTimeout = 30,
-    tune_host: TuneHost = False,
-    confirm: Confirm = 0,
-    yes: Yes = False,
-    dry_run: DryRun = False,
-) -> None:
-    """Set up the namespaces here: runs exactly the script `multiip render` prints."""
-    plan = make_plan(
-        prefix=prefix, bridge=bridge, uplink=uplink, count=count, dhcp=dhcp, address=address, gateway=gateway,
-        port_range=port_range, bridge_tool=bridge_tool, host_dhcp=host_dhcp, lease_timeout=lease_timeout,
-        tune_host=tune_host, confirm=confirm,
-    )  # fmt: skip
+@with_options(*options.SETUP)
+def run(yes: Yes = False, dry_run: DryRun = False, **opts: Any) -> None:
+    """Set up the namespaces here: runs exactly the script `multiip render` prints.
+
+    Example: sudo multiip run --count 20 --confirm 30
+    """
+    from multiip import render
+    from multiip.plan import make_plan
+
+    plan = make_plan(**opts)
     script = render.setup_script(plan)
     if dry_run:
         sys.stdout.write(script)
         return
     _need_root("run")
     _confirm(
-        f"This moves {_uplink_words(plan.target)} into bridge {plan.target.bridge}; the host's network "
+        f"This moves {_uplink_words(plan.target.uplink)} into bridge {plan.target.bridge}; the host's network "
         "drops for a moment (its addresses and routes move to the bridge). Continue?",
         yes,
     )
-    _run(
-        script,
-        f"multiip: {plan.count} namespaces {plan.target.namespace(0)}.."
-        f"{plan.target.namespace(plan.count - 1)} on {plan.target.bridge}",
-    )
+    t = plan.target
+    _run(script, f"multiip: {plan.count} namespaces {t.prefix}0..{t.prefix}{plan.count - 1} on {t.bridge}", UNDO)
 
 
 @app.command()
-def down(
-    prefix: Prefix = "ns",
-    bridge: Bridge = "br0",
-    uplink: Uplink = "",
-    yes: Yes = False,
-    dry_run: DryRun = False,
-) -> None:
-    """Undo a setup: release leases, stop clients, remove namespaces and bridge, restore the uplink."""
-    target = make_target(prefix, bridge, uplink)
+@with_options(*options.TARGET)
+def down(yes: Yes = False, dry_run: DryRun = False, **opts: Any) -> None:
+    """Undo a setup: release leases, stop clients, remove namespaces and bridge, restore the uplink.
+
+    Example: sudo multiip down --prefix ns
+    """
+    from multiip import render
+    from multiip.plan import make_target
+
+    target = make_target(opts["prefix"], opts["bridge"], opts["uplink"])
     script = render.teardown_script(target)
     if dry_run:
         sys.stdout.write(script)
         return
     _need_root("down")
     _confirm(
-        f"This removes the namespaces {target.prefix}N and bridge {target.bridge} and gives "
-        f"{_uplink_words(target)} back its addresses; the host's network drops for a moment. Continue?",
+        f"This removes the namespaces of setup {target.prefix} and its bridge and gives "
+        f"{_uplink_words(target.uplink)} back its addresses; the host's network drops for a moment. Continue?",
         yes,
     )
-    _run(script, f"multiip: tearing down {target.prefix}N on {target.bridge}")
+    _run(script, f"multiip: tearing down {target.prefix}", "run `multiip down` again to finish")
 
 
 @app.command()
-def status(prefix: Prefix = "ns", bridge: Bridge = "br0", json_out: Json = False) -> None:
-    """Show each namespace: interface, MAC, IPv4, gateway, DHCP client, lease expiry, port range."""
-    data = state.status(make_target(prefix, bridge))
+@with_options(options.PREFIX)
+def status(json_out: Json = False, **opts: Any) -> None:
+    """Show each namespace: interface, MAC, IPv4, gateway, DHCP client, lease expiry, port range.
+
+    Example: multiip status --json | jq '.namespaces[].ipv4'
+    """
+    from multiip import state, ui
+    from multiip.plan import make_target
+
+    data = state.status(make_target(opts["prefix"]))
     if json_out:
         print(json.dumps(data, indent=2))
     elif data["namespaces"]:
         ui.status_table(data)
     if not data["namespaces"]:
-        ui.console.print(f"multiip: no namespaces named {prefix}<N> on this host", markup=False)
+        ui.console.print(f"multiip: no setup with prefix {opts['prefix']} on this host", markup=False)
 
 
 @app.command("hold")
+@with_options(options.PREFIX)
 def hold_cmd(
     server: Annotated[str, typer.Argument(metavar="HOST:PORT", help="The server to connect to (IPv4:port).")],
-    prefix: Prefix = "ns",
-    bridge: Bridge = "br0",
     per_ip: Annotated[
         int | None, typer.Option(help="Connections per namespace. Default: its whole port range.")
     ] = None,
@@ -240,17 +205,22 @@ def hold_cmd(
     ] = None,
     rate: Annotated[float, typer.Option(help="At most this many new connections per second (0: no cap).")] = 0.0,
     json_out: Json = False,
+    **opts: Any,
 ) -> None:
-    """Open and hold connections to HOST:PORT from every namespace, each bound to its own IP and ports."""
-    target = make_target(prefix, bridge)
+    """Open and hold connections to HOST:PORT from every namespace, each bound to its own IP and ports.
+
+    Example: sudo multiip hold 10.0.0.5:8080 --duration 60
+    """
+    from multiip import hold, ui
+    from multiip.plan import make_target
+
+    target = make_target(opts["prefix"])
     where = hold.parse_server(server)
-    if per_ip is not None and per_ip < 1:
-        raise MultiipError(f"--per-ip {per_ip}: must be at least 1")
-    if duration is not None and duration < 0:
-        raise MultiipError(f"--duration {duration}: must be 0 or more")
-    if rate < 0:
-        raise MultiipError(f"--rate {rate}: must be 0 or more")
-    result = ui.hold_with_progress(hold.plan_shares(target, per_ip), where, duration, rate)
+    options.hold_limits(per_ip, duration, rate)
+    shares = hold.plan_shares(target, per_ip)
+    result = ui.with_hold_progress(
+        hold.preflight(shares), sum(s.count for s in shares), lambda p: hold.hold(shares, where, duration, rate, p)
+    )
     ui.hold_table(result)
     ui.console.print(ui.headline(result), markup=False)
     if json_out:
@@ -260,8 +230,14 @@ def hold_cmd(
 
 
 @app.command("demo")
-def demo_cmd(count: Count = 4) -> None:
-    """Show it working without touching this host's network: lab up, run, status, down."""
+def demo_cmd(count: Annotated[int, typer.Option("--count", "-n", help="How many namespaces.")] = 4) -> None:
+    """Show it working without touching this host's network: lab up, run, status, hold, down.
+
+    Example: sudo multiip demo --count 4
+    """
+    from multiip import demo, ui
+    from multiip.plan import make_plan
+
     _need_root("demo")
     plan = make_plan(count=count)  # validates --count before anything starts
     result = demo.run(plan.count)
@@ -278,17 +254,21 @@ def lab_up(
     capacity: Annotated[int, typer.Option(help="Connections the sink must be able to hold.")] = 150_000,
 ) -> None:
     """Bring up the lab: LAN namespace (dnsmasq, TCP sink) and host namespace (uplink eth0)."""
+    from multiip import lab
+
     the_lab = lab.make_lab(name, port, leases, capacity)
     _need_root("lab up")
-    _run(render.lab_up_script(the_lab), f"multiip: lab {name} up")
+    _run(lab.up_script(the_lab), f"multiip: lab {name} up", f"`multiip lab down --name {name}` removes it")
 
 
 @lab_app.command("down")
 def lab_down(name: LabName = "mlab") -> None:
     """Remove the lab: sink, DHCP server, namespaces, state."""
+    from multiip import lab
+
     the_lab = lab.make_lab(name)
     _need_root("lab down")
-    _run(render.lab_down_script(the_lab), f"multiip: lab {name} down")
+    _run(lab.down_script(the_lab), f"multiip: lab {name} down")
 
 
 @lab_app.command("exec", context_settings={"allow_interspersed_args": False})
@@ -297,6 +277,8 @@ def lab_exec(
     name: LabName = "mlab",
 ) -> None:
     """Run COMMAND as the lab host: in its network namespace only (nsenter --net)."""
+    from multiip import execute, lab
+
     the_lab = lab.make_lab(name)
     lab.require_up(the_lab)
     execute.replace_process(execute.in_netns(the_lab.host_ns, command))
@@ -305,6 +287,8 @@ def lab_exec(
 @lab_app.command("status")
 def lab_status(name: LabName = "mlab", json_out: Json = False) -> None:
     """What the lab's sink holds now, per source IP."""
+    from multiip import lab, ui
+
     the_lab = lab.make_lab(name)
     lab.require_up(the_lab)
     stats = lab.sink_stats(the_lab)
@@ -324,7 +308,7 @@ def main() -> None:
     except MultiipError as e:
         print(f"multiip: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         print("multiip: interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.TyperException as e:  # bad usage: unknown option, value of the wrong type, ...
@@ -334,9 +318,6 @@ def main() -> None:
             sys.exit(2)
         print(f"multiip: error: {' '.join(message.split())}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 2))
-    except KeyboardInterrupt:
-        print("multiip: interrupted; `multiip down` removes a partial setup", file=sys.stderr)
-        sys.exit(130)
     except Exception as e:  # a bug: still one line; MULTIIP_DEBUG=1 shows the traceback
         if os.environ.get("MULTIIP_DEBUG"):
             raise

@@ -20,14 +20,19 @@ def run(count: int) -> dict[str, Any]:
     plan = make_plan(prefix=f"d{tag}", count=count)
     target = plan.target
     with ui.ScriptProgress(f"multiip demo: lab {the_lab.name} (a host on a LAN, all in namespaces)") as show:
-        execute.run_script(render.lab_up_script(the_lab), show)
+        execute.run_script(lab.up_script(the_lab), show)
     try:
         with ui.ScriptProgress(f"multiip run --count {count} --prefix {target.prefix}, as the lab host") as show:
             execute.run_script(render.setup_script(plan), show, netns=the_lab.host_ns)
         ui.status_table(state.status(target))
         server = hold.Server(the_lab.lan_ip, the_lab.port)
         ui.console.print(f"[bold]multiip hold {server} --prefix {target.prefix} --duration {HOLD_SECONDS:g}[/bold]")
-        result = ui.hold_with_progress(hold.plan_shares(target, None), server, HOLD_SECONDS)
+        shares = hold.plan_shares(target, None)
+        result = ui.with_hold_progress(
+            hold.preflight(shares),
+            sum(s.count for s in shares),
+            lambda p: hold.hold(shares, server, HOLD_SECONDS, 0.0, p),
+        )
         ui.hold_table(result)
         return result
     finally:
@@ -35,4 +40,4 @@ def run(count: int) -> dict[str, Any]:
             try:
                 execute.run_script(render.teardown_script(target), show, netns=the_lab.host_ns)
             finally:
-                execute.run_script(render.lab_down_script(the_lab), show)
+                execute.run_script(lab.down_script(the_lab), show)

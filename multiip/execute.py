@@ -6,16 +6,20 @@ can show progress. Failures become MultiipError with the script's own one-line r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import sh
 
+from multiip import messages
 from multiip.errors import MultiipError
 
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
@@ -42,10 +46,10 @@ class ScriptLog:
 
     def __call__(self, line: str) -> None:
         line = line.rstrip("\n")
-        if line.startswith("multiip: error: "):
-            if not self.error:  # the first error is the specific one
-                self.error = line.removeprefix("multiip: error: ")
-        elif not line.startswith("multiip: ") and line.strip():
+        msg = messages.parse(line)
+        if msg.kind == "error" and not self.error:  # the first error is the specific one
+            self.error = msg.text
+        elif msg.kind == "other" and line.strip():
             self.cause = line.strip()
         self.show(line)
 
@@ -57,21 +61,47 @@ class ScriptLog:
         return self.error
 
 
-def run_script(script: str, show: Callable[[str], None], name: str = "multiip", netns: str | None = None) -> None:
-    """Run a rendered bash script (in a named network namespace if given); its output lines go to ``show``."""
+def run_script(
+    script: str, show: Callable[[str], None], name: str = "multiip", netns: str | None = None, undo: str = ""
+) -> None:
+    """Run a rendered bash script (in a named network namespace if given); its output lines go to ``show``.
+
+    On Ctrl-C the script is told too (it may not share our terminal) and waited for: it rolls back what
+    it was doing before it exits. The error then says where it stopped, and ``undo`` says what removes the rest.
+    """
     log = ScriptLog(show)
     fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".sh")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(script)
         argv = in_netns(netns, ["bash", path]) if netns else ["bash", path]
-        sh.Command(which(argv[0]) or argv[0])(*argv[1:], _err=log, _out=log, _env=environment(), _in=os.devnull)
+        proc = sh.Command(which(argv[0]) or argv[0])(
+            *argv[1:], _err=log, _out=log, _env=environment(), _in=os.devnull, _bg=True, _bg_exc=False
+        )
+        _wait(proc)
     except sh.ErrorReturnCode as e:
-        raise MultiipError(log.message(e.exit_code), exit_code=e.exit_code or 1) from None
+        message = log.message(e.exit_code)
+        if e.exit_code == 130 and undo:
+            message += f"; {undo}"
+        raise MultiipError(message, exit_code=e.exit_code or 1) from None
     except sh.SignalException as e:
         raise MultiipError(f"script killed by signal {-e.exit_code}", exit_code=1) from None
     finally:
         Path(path).unlink(missing_ok=True)
+
+
+def _wait(proc: Any) -> None:
+    """Wait for a script; a Ctrl-C is passed on to it once, and it is waited for while it rolls back."""
+    told = False
+    while True:
+        try:
+            proc.wait()
+            return
+        except KeyboardInterrupt:
+            if not told and proc.is_alive():
+                told = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGINT)
 
 
 def capture(argv: Sequence[str], ok: Sequence[int] = (0,)) -> str:
@@ -89,13 +119,25 @@ def capture(argv: Sequence[str], ok: Sequence[int] = (0,)) -> str:
 
 def spawn(argv: Sequence[str]) -> subprocess.Popen[bytes]:
     """Start a long-running helper whose stdout the caller reads; in its own session, so a Ctrl-C
-    reaches only the caller, which stops it in order."""
+    reaches only the caller, which stops it in order; in /, so nothing resolves against the caller's
+    directory."""
     path = which(argv[0])
     if path is None:
         raise MultiipError(f"{argv[0]} not found")
     return subprocess.Popen(
-        [path, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=environment(), start_new_session=True
+        [path, *argv[1:]],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        env=environment(),
+        cwd="/",
+        start_new_session=True,
     )
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv to run one of multiip's modules with this Python, isolated (-I): as root, no import from the
+    current directory, PYTHONPATH or the user's site-packages."""
+    return [sys.executable, "-I", "-m", module, *args]
 
 
 def in_netns(namespace: str, argv: Sequence[str]) -> list[str]:

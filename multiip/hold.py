@@ -11,11 +11,9 @@ import ipaddress
 import json
 import math
 import os
-import resource
 import selectors
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -23,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from multiip import execute, state
+from multiip import execute, options, state
 from multiip.errors import MultiipError
+from multiip.limits import fd_limit
 from multiip.plan import Target
 
 KERNEL_BYTES_PER_SOCKET = 3.6 * 1024  # measured here: one TCP socket with nothing queued
@@ -41,14 +40,7 @@ class Server:
 
 
 def parse_server(text: str) -> Server:
-    host, sep, port = text.rpartition(":")
-    try:
-        ip = ipaddress.IPv4Address(host)
-    except ValueError:
-        raise MultiipError(f"target {text!r}: write it as IPv4:PORT, e.g. 198.18.0.1:9000") from None
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise MultiipError(f"target {text!r}: the port must be 1..65535")
-    return Server(ip, int(port))
+    return Server(*options.server(text))
 
 
 @dataclass
@@ -59,16 +51,12 @@ class Share:
     ip: str
     lo: int
     hi: int  # inclusive
+    ports: int  # the size of the namespace's port range
     workers: list[tuple[int, int]] = field(default_factory=list)  # (lo, hi) per worker
 
     @property
     def count(self) -> int:
         return self.hi - self.lo + 1
-
-
-def fd_limit() -> int:
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    return hard if hard != resource.RLIM_INFINITY else 1 << 20
 
 
 def _read_int(path: str) -> int | None:
@@ -79,12 +67,13 @@ def _read_int(path: str) -> int | None:
 
 
 def plan_shares(target: Target, per_ip: int | None) -> list[Share]:
-    names = state.namespaces(target)
-    if not names:
+    record = state.read_record(target)
+    members = state.present(record) if record else []
+    if not members:
         raise MultiipError(
             f"no setup with prefix {target.prefix} on this host: multiip status --prefix {target.prefix}"
         )
-    rows = [state.namespace_status(target, ns, None) for ns in names]
+    rows = [state.namespace_status(m, None) for m in members]
     missing = [r.name for r in rows if not r.ipv4]
     if missing:
         raise MultiipError(f"no IPv4 address in {', '.join(missing)}: see multiip status --prefix {target.prefix}")
@@ -97,7 +86,7 @@ def plan_shares(target: Target, per_ip: int | None) -> list[Share]:
         if n > size:
             raise MultiipError(f"--per-ip {n}: {r.name}'s port range {lo}-{hi} has only {size} ports")
         assert r.ipv4 is not None
-        share = Share(r.name, r.ipv4.split("/")[0], lo, lo + n - 1)
+        share = Share(r.name, r.ipv4.split("/")[0], lo, lo + n - 1, size)
         k = math.ceil(n / per_worker)
         step = math.ceil(n / k)
         share.workers = [(a, min(a + step - 1, share.hi)) for a in range(lo, share.hi + 1, step)]
@@ -113,9 +102,12 @@ def preflight(shares: list[Share]) -> list[str]:
         f"{total:,} connections from {len(shares)} addresses, {workers} worker processes "
         f"(open-file limit {fd_limit():,} each)"
     ]
-    small = [s for s in shares if s.count < 64512 and s.hi - s.lo + 1 == s.count and s.lo > 1024]
+    small = [s for s in shares if s.ports < 64512]
     if small:
-        notes.append(f"port range {small[0].lo}-{small[0].hi} in {small[0].namespace}: fewer than 64,512 ports per IP")
+        notes.append(
+            f"{small[0].namespace} has {small[0].ports:,} ports (from {small[0].lo}): fewer than the 64,512 one IP "
+            "can have; run the setup with --port-range 1024-65535"
+        )
     file_max = _read_int("/proc/sys/fs/file-max")
     if file_max is not None and file_max < total * 2:
         notes.append(f"warning: fs.file-max is {file_max:,}; {total:,} sockets (x2 if the server is here) may not fit")
@@ -151,8 +143,8 @@ class Worker:
 
 
 def _spawn(share: Share, lo: int, hi: int, server: Server, rate: float, bind: bool) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "multiip.holdworker", share.ip, str(lo), str(hi), str(server.host)]
-    argv += [str(server.port), "--rate", f"{rate:.3f}", "--parent", str(os.getpid())]
+    argv = execute.python_module("multiip.holdworker", share.ip, str(lo), str(hi), str(server.host), str(server.port))
+    argv += ["--rate", repr(rate), "--parent", str(os.getpid())]  # repr: exact, a low share never becomes 0
     if not bind:
         argv.append("--no-bind")
     return execute.spawn(execute.in_netns(share.namespace, argv))

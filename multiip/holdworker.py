@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from types import FrameType
 
-from multiip.sink import raise_fd_limit
+from multiip.limits import raise_fd_limit
 
 PR_SET_PDEATHSIG = 1
 LINGER_RST = struct.pack("ii", 1, 0)

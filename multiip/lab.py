@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multiip import options
+from multiip import options, render
 from multiip.errors import MultiipError
-from multiip.hold import fd_limit
+from multiip.limits import fd_limit
 
 LAB_ROOT = Path("/run/multiip-lab")
 NETWORK = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmarking range
@@ -86,6 +86,14 @@ def make_lab(name: str = "mlab", port: int = 9000, leases: int = 4096, capacity:
     if capacity < 1:
         raise MultiipError(f"--capacity {capacity}: must be at least 1")
     return Lab(name=name, port=port, leases=leases, capacity=capacity)
+
+
+def up_script(lab: Lab) -> str:
+    return render.render("lab_up.sh.j2", lab=lab, python=lab.python)
+
+
+def down_script(lab: Lab) -> str:
+    return render.render("lab_down.sh.j2", lab=lab)
 
 
 def is_up(lab: Lab) -> bool:

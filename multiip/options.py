@@ -1,22 +1,120 @@
-"""Validation of everything a user types. Each function returns a clean value or raises MultiipError.
+"""Every option a user types: its one definition (name, default, help) and its validation.
 
-Nothing reaches a template unless it passed through here: names are limited to letters, digits,
-``-``, ``_`` and ``.``, so no value can carry shell syntax into a rendered script.
+Each validating function returns a clean value or raises MultiipError naming the option, the bad
+value and the fix. Nothing reaches a template unless it passed through here: names are limited to
+letters, digits, ``-``, ``_`` and ``.``, so no value can carry shell syntax into a rendered script.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any
 
 from multiip.errors import MultiipError
 
 IFNAMSIZ = 15  # longest Linux interface name (IFNAMSIZ - 1)
 BRIDGE_MAX_PORTS = 1023  # BR_MAX_PORTS - 1 in net/bridge/br_private.h
 MAX_COUNT = BRIDGE_MAX_PORTS - 1  # one port is the uplink's
-DHCP_CLIENTS = ("auto", "udhcpc", "dhclient", "dhcpcd", "none")
-BRIDGE_TOOLS = ("ip", "brctl")
-HOST_MODES = ("move", "dhcp")
+
+
+class Dhcp(StrEnum):
+    auto = "auto"
+    udhcpc = "udhcpc"
+    dhclient = "dhclient"
+    dhcpcd = "dhcpcd"
+    none = "none"
+
+
+class BridgeTool(StrEnum):
+    ip = "ip"
+    brctl = "brctl"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One option: ``--name-with-dashes``, its default and help. The CLI and Plan.args() read these."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    short: str = ""
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+PREFIX = Spec("prefix", str, "ns", "Namespaces are PREFIX0..PREFIX(N-1); ns gives the seed's names (tap$i, br-tap$i).")
+BRIDGE = Spec("bridge", str, "br0", "The bridge that takes the uplink.")
+UPLINK = Spec(
+    "uplink", str, "", "The host's uplink. Default: the interface of the default route, found where the script runs."
+)
+TARGET = (PREFIX, BRIDGE, UPLINK)
+SETUP = (
+    Spec("count", int, 20, "How many namespaces (source IPs).", short="-n"),
+    *TARGET,
+    Spec(
+        "dhcp",
+        Dhcp,
+        Dhcp.auto,
+        "The namespaces' DHCP client; auto picks an installed one where the script runs (udhcpc, then "
+        "dhclient, then dhcpcd); none: static addresses from --address.",
+    ),
+    Spec("address", str, None, "With --dhcp none: namespace i gets ADDRESS + i, e.g. 198.18.1.10/15."),
+    Spec("gateway", str, None, "With --address: the namespaces' default route. Default: the uplink's gateway."),
+    Spec("port_range", str, "1024-65535", "ip_local_port_range set inside every namespace.", metavar="LO-HI"),
+    Spec("bridge_tool", BridgeTool, BridgeTool.ip, "ip: iproute2 only; brctl: the seed's brctl commands."),
+    Spec(
+        "host_dhcp",
+        bool,
+        False,
+        "The seed's way for the host: the bridge asks DHCP for the host's address instead of taking over the "
+        "uplink's addresses and routes.",
+    ),
+    Spec("lease_timeout", int, 30, "Seconds to wait for every namespace's DHCP lease.", metavar="SECONDS"),
+    Spec(
+        "tune_host",
+        bool,
+        False,
+        "Raise the host-wide ARP table (gc_thresh1-3) and netdev_max_backlog limits that about 1000 namespaces "
+        "outgrow; down restores them. Without it such counts are refused with what to change.",
+    ),
+    Spec(
+        "confirm",
+        int,
+        0,
+        "After moving the uplink, ask on the terminal to confirm the host is still reachable; without an answer "
+        "within SECONDS the uplink goes back as it was (like netplan try). For setups over SSH.",
+        metavar="SECONDS",
+    ),
+)
+
+
+def text(value: Any) -> str:
+    """An option's value as it is typed on the command line."""
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, tuple):
+        return "-".join(str(v) for v in value)
+    return str(value)
+
+
+def args(specs: tuple[Spec, ...], values: Mapping[str, Any]) -> list[str]:
+    """The command-line arguments that give these values; defaults are left out."""
+    out: list[str] = []
+    for spec in specs:
+        value = values[spec.name]
+        if value is None or text(value) == text(spec.default):
+            continue
+        out += [spec.flag] if spec.kind is bool else [spec.flag, text(value)]
+    return out
+
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -43,10 +141,12 @@ def count(value: int) -> int:
     return value
 
 
-def choice(value: str, allowed: tuple[str, ...], option: str) -> str:
-    if value not in allowed:
-        raise MultiipError(f"{option} {value!r}: choose one of {', '.join(allowed)}")
-    return value
+def choice(value: str | Enum, kind: type[Enum], option: str) -> str:
+    allowed = [str(m.value) for m in kind]
+    picked = text(value)
+    if picked not in allowed:
+        raise MultiipError(f"{option} {picked!r}: choose one of {', '.join(allowed)}")
+    return picked
 
 
 def port_range(value: str) -> tuple[int, int]:
@@ -97,3 +197,27 @@ def address_block(first: ipaddress.IPv4Interface, n: int, gateway: ipaddress.IPv
             raise MultiipError(f"--gateway {gateway} is outside the subnet {net}")
         if first.ip <= gateway <= last:
             raise MultiipError(f"--gateway {gateway} falls inside the namespace addresses {first.ip} - {last}")
+
+
+# --- multiip hold
+
+
+def server(value: str) -> tuple[ipaddress.IPv4Address, int]:
+    """HOST:PORT of the server to hold connections to."""
+    host, sep, port = value.rpartition(":")
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise MultiipError(f"target {value!r}: write it as IPv4:PORT, e.g. 198.18.0.1:9000") from None
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise MultiipError(f"target {value!r}: the port must be 1..65535")
+    return ip, int(port)
+
+
+def hold_limits(per_ip: int | None, duration: float | None, rate: float) -> None:
+    if per_ip is not None and per_ip < 1:
+        raise MultiipError(f"--per-ip {per_ip}: must be at least 1")
+    if duration is not None and duration < 0:
+        raise MultiipError(f"--duration {duration}: must be 0 or more")
+    if rate < 0:
+        raise MultiipError(f"--rate {rate}: must be 0 or more")

@@ -1,15 +1,17 @@
-"""What a setup is: validated options and the names every piece gets. Templates and discovery read it."""
+"""What a setup is: validated options and the names every piece gets. Templates read it."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from multiip import options
 from multiip.errors import MultiipError
 
-STATE_ROOT = Path("/run/multiip")
+STATE_ROOT = Path("/run/multiip")  # each setup's record lives in STATE_ROOT/<prefix>; the scripts are told
 SEED_PREFIX = "ns"
 
 
@@ -35,29 +37,8 @@ class Target:
     def state_dir(self) -> Path:
         return STATE_ROOT / self.prefix
 
-    def namespace(self, i: int) -> str:
-        return f"{self.prefix}{i}"
-
-    def inside(self, i: int) -> str:
-        return f"{self.inside_prefix}{i}"
-
-    def port(self, i: int) -> str:
-        return f"{self.port_prefix}{i}"
-
-    def index(self, namespace: str) -> int | None:
-        """i for a namespace named ``prefix + i``, else None."""
-        rest = namespace[len(self.prefix) :] if namespace.startswith(self.prefix) else ""
-        return int(rest) if rest.isdigit() and str(int(rest)) == rest else None
-
     def args(self) -> list[str]:
-        out = []
-        if self.prefix != SEED_PREFIX:
-            out += ["--prefix", self.prefix]
-        if self.bridge != "br0":
-            out += ["--bridge", self.bridge]
-        if self.uplink:
-            out += ["--uplink", self.uplink]
-        return out
+        return options.args(options.TARGET, vars(self))
 
 
 def make_target(prefix: str = SEED_PREFIX, bridge: str = "br0", uplink: str = "", count: int = 1) -> Target:
@@ -67,7 +48,11 @@ def make_target(prefix: str = SEED_PREFIX, bridge: str = "br0", uplink: str = ""
         uplink=options.name(uplink, "--uplink") if uplink else "",
     )
     last = count - 1
-    for what, value in (("namespace", t.namespace(last)), ("interface", t.port(last)), ("interface", t.inside(last))):
+    for what, value in (
+        ("namespace", f"{t.prefix}{last}"),
+        ("interface", f"{t.port_prefix}{last}"),
+        ("interface", f"{t.inside_prefix}{last}"),
+    ):
         if len(value) > options.IFNAMSIZ:
             raise MultiipError(
                 f"--prefix {prefix!r} with --count {count} gives the {what} name {value!r}, "
@@ -80,94 +65,62 @@ def make_target(prefix: str = SEED_PREFIX, bridge: str = "br0", uplink: str = ""
 
 @dataclass(frozen=True)
 class Plan:
-    """A whole setup: the target plus how namespaces get addresses and ports."""
+    """A whole setup: the target plus how namespaces get addresses and ports. Field names are the options'."""
 
     target: Target
-    count: int = 20
-    dhcp: str = "auto"
-    address: ipaddress.IPv4Interface | None = None
-    gateway: ipaddress.IPv4Address | None = None
-    port_lo: int = 1024
-    port_hi: int = 65535
-    bridge_tool: str = "ip"
-    host_mode: str = "move"
-    lease_timeout: int = 30
-    tune_host: bool = False
-    confirm: int = 0  # seconds to confirm reachability after the uplink moved; 0: do not ask
+    count: int
+    dhcp: str
+    address: ipaddress.IPv4Interface | None
+    gateway: ipaddress.IPv4Address | None
+    port_range: tuple[int, int]
+    bridge_tool: str
+    host_dhcp: bool
+    lease_timeout: int
+    tune_host: bool
+    confirm: int  # seconds to confirm reachability after the uplink moved; 0: do not ask
 
-    @property
-    def namespaces(self) -> list[str]:
-        return [self.target.namespace(i) for i in range(self.count)]
-
-    def static_address(self, i: int) -> str:
-        assert self.address is not None
-        return f"{self.address.ip + i}/{self.address.network.prefixlen}"
+    def values(self) -> dict[str, Any]:
+        """Every option's value, by option name."""
+        return {**vars(self.target), **{k: v for k, v in vars(self).items() if k != "target"}}
 
     def args(self) -> list[str]:
         """The options that reproduce this plan, for a script's header."""
-        out = ["--count", str(self.count), *self.target.args(), "--dhcp", self.dhcp]
-        if self.address is not None:
-            out += ["--address", str(self.address)]
-        if self.gateway is not None:
-            out += ["--gateway", str(self.gateway)]
-        if (self.port_lo, self.port_hi) != (1024, 65535):
-            out += ["--port-range", f"{self.port_lo}-{self.port_hi}"]
-        if self.bridge_tool != "ip":
-            out += ["--bridge-tool", self.bridge_tool]
-        if self.host_mode != "move":
-            out += ["--host-dhcp"]
-        if self.lease_timeout != 30:
-            out += ["--lease-timeout", str(self.lease_timeout)]
-        if self.tune_host:
-            out += ["--tune-host"]
-        if self.confirm:
-            out += ["--confirm", str(self.confirm)]
-        return out
+        return options.args(options.SETUP, self.values())
 
 
-def make_plan(
-    prefix: str = SEED_PREFIX,
-    bridge: str = "br0",
-    uplink: str = "",
-    count: int = 20,
-    dhcp: str = "auto",
-    address: str | None = None,
-    gateway: str | None = None,
-    port_range: str = "1024-65535",
-    bridge_tool: str = "ip",
-    host_dhcp: bool = False,
-    lease_timeout: int = 30,
-    tune_host: bool = False,
-    confirm: int = 0,
-) -> Plan:
-    n = options.count(count)
-    target = make_target(prefix, bridge, uplink, n)
-    client = options.choice(dhcp, options.DHCP_CLIENTS, "--dhcp")
-    first = options.interface_address(address) if address else None
-    gw = options.ipv4(gateway, "--gateway") if gateway else None
+def make_plan(**given: Any) -> Plan:
+    """A validated Plan from option values by name (options.SETUP); options not given take their default."""
+    unknown = set(given) - {s.name for s in options.SETUP}
+    if unknown:
+        raise TypeError(f"unknown options: {sorted(unknown)}")
+    v = {s.name: given.get(s.name, s.default) for s in options.SETUP}
+    v = {k: x.value if isinstance(x, Enum) else x for k, x in v.items()}
+    n = options.count(int(v["count"]))
+    target = make_target(v["prefix"], v["bridge"], v["uplink"], n)
+    client = options.choice(v["dhcp"], options.Dhcp, "--dhcp")
+    first = options.interface_address(v["address"]) if v["address"] else None
+    gw = options.ipv4(v["gateway"], "--gateway") if v["gateway"] else None
     if first is not None and client != "none":
         raise MultiipError("--address gives static addresses: use it with --dhcp none")
     if gw is not None and first is None:
         raise MultiipError("--gateway goes with --address (DHCP gives the gateway otherwise)")
     if first is not None:
         options.address_block(first, n, gw)
-    lo, hi = options.port_range(port_range)
-    if host_dhcp and client == "none":
+    if v["host_dhcp"] and client == "none":
         raise MultiipError("--host-dhcp needs a DHCP client: pick one with --dhcp")
-    options.seconds(lease_timeout, "--lease-timeout")
-    if not 0 <= confirm <= 600:
-        raise MultiipError(f"--confirm {confirm}: give 1..600 seconds (0: do not ask)")
+    options.seconds(v["lease_timeout"], "--lease-timeout")
+    if not 0 <= v["confirm"] <= 600:
+        raise MultiipError(f"--confirm {v['confirm']}: give 1..600 seconds (0: do not ask)")
     return Plan(
         target=target,
         count=n,
         dhcp=client,
         address=first,
         gateway=gw,
-        port_lo=lo,
-        port_hi=hi,
-        bridge_tool=options.choice(bridge_tool, options.BRIDGE_TOOLS, "--bridge-tool"),
-        host_mode="dhcp" if host_dhcp else "move",
-        lease_timeout=int(lease_timeout),
-        tune_host=tune_host,
-        confirm=confirm,
+        port_range=options.port_range(v["port_range"]),
+        bridge_tool=options.choice(v["bridge_tool"], options.BridgeTool, "--bridge-tool"),
+        host_dhcp=bool(v["host_dhcp"]),
+        lease_timeout=int(v["lease_timeout"]),
+        tune_host=bool(v["tune_host"]),
+        confirm=int(v["confirm"]),
     )

@@ -10,7 +10,6 @@ from typing import Any
 import jinja2
 
 from multiip import __version__
-from multiip.lab import Lab
 from multiip.plan import Plan, Target
 
 
@@ -53,11 +52,3 @@ def setup_script(plan: Plan) -> str:
 
 def teardown_script(target: Target) -> str:
     return render("teardown.sh.j2", t=target)
-
-
-def lab_up_script(lab: Lab) -> str:
-    return render("lab_up.sh.j2", lab=lab, python=lab.python)
-
-
-def lab_down_script(lab: Lab) -> str:
-    return render("lab_down.sh.j2", lab=lab)

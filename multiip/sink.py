@@ -16,7 +16,6 @@ import contextlib
 import errno
 import json
 import os
-import resource
 import select
 import signal
 import socket
@@ -25,6 +24,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from types import FrameType
+
+from multiip.limits import raise_fd_limit
 
 _stop = False
 
@@ -38,14 +39,6 @@ def _write_json(path: Path, data: object) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft open-file limit to the hard one; return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def worker(index: int, host: str, port: int, state: Path) -> None:

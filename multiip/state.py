@@ -1,4 +1,9 @@
-"""Discovery: what a setup looks like on the host now, read from the kernel and the state directory."""
+"""A setup as it is on the host now: its record (written by the setup script) and what the kernel says.
+
+The record is the contract between the scripts and Python (templates/_target.sh.j2 writes it):
+``setup.env`` (KEY=VALUE) and ``namespaces`` (NAME INSIDE PORT PIDFILE LEASEFILE per line, ``-`` for
+none). A setup's namespaces are the ones its record names.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,49 @@ from multiip.plan import Target
 _PROBE = "ip -j address show; echo; ip -j -4 route show default; echo; cat /proc/sys/net/ipv4/ip_local_port_range"
 
 
+@dataclass(frozen=True)
+class Member:
+    """One namespace of a setup, as its record names it."""
+
+    name: str
+    interface: str
+    port: str
+    pidfile: str | None
+    leasefile: str | None
+
+
+@dataclass(frozen=True)
+class Record:
+    env: dict[str, str]
+    members: list[Member]
+
+    @property
+    def client(self) -> str | None:
+        return self.env.get("DHCP")
+
+
+def read_record(target: Target) -> Record | None:
+    """The setup's record, or None if there is none."""
+    try:
+        env_text = (target.state_dir / "setup.env").read_text()
+        ns_text = (target.state_dir / "namespaces").read_text()
+    except OSError:
+        return None
+    return parse_record(env_text, ns_text)
+
+
+def parse_record(env_text: str, ns_text: str) -> Record:
+    env = dict(line.split("=", 1) for line in env_text.splitlines() if "=" in line)
+    members = []
+    for line in ns_text.splitlines():
+        fields = line.split()
+        if len(fields) == 5:
+            name, interface, port, pidfile, leasefile = fields
+            members.append(Member(name, interface, port, None if pidfile == "-" else pidfile,
+                                  None if leasefile == "-" else leasefile))  # fmt: skip
+    return Record(env, members)
+
+
 @dataclass
 class NamespaceStatus:
     name: str
@@ -30,27 +78,6 @@ class NamespaceStatus:
     dhcp_alive: bool = False
     lease_expires: str | None = None  # ISO 8601, UTC
     interfaces: list[dict[str, Any]] = field(default_factory=list)
-
-
-def setup_env(target: Target) -> dict[str, str]:
-    """KEY=VALUE pairs the setup script recorded, or {} if its state is gone."""
-    path = target.state_dir / "setup.env"
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return {}
-    return dict(line.split("=", 1) for line in lines if "=" in line)
-
-
-def namespaces(target: Target) -> list[str]:
-    """The target's namespaces present on this host, by index."""
-    found = []
-    for line in execute.capture(["ip", "netns", "list"]).splitlines():
-        name = line.split()[0] if line.split() else ""
-        i = target.index(name)
-        if i is not None:
-            found.append((i, name))
-    return [name for _, name in sorted(found)]
 
 
 def _decode_all(text: str) -> tuple[list[Any], str]:
@@ -67,45 +94,9 @@ def _decode_all(text: str) -> tuple[list[Any], str]:
         docs.append(doc)
 
 
-def _pid(path: Path, client: str) -> tuple[int | None, bool]:
-    try:
-        pid = int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None, False
-    try:
-        alive = Path(f"/proc/{pid}/comm").read_text().strip() == client
-    except OSError:
-        alive = False
-    return pid, alive
-
-
-def _lease_expiry(client: str, target: Target, ns: str) -> str | None:
-    state = target.state_dir
-    try:
-        if client == "udhcpc":
-            text = (state / f"{ns}.lease").read_text()
-            m = re.search(r"^expires=(\d+)$", text, re.M)
-            return datetime.fromtimestamp(int(m[1]), UTC).isoformat() if m else None
-        if client == "dhclient":
-            found = re.findall(r"expire \d+ (\d+/\d+/\d+ \d+:\d+:\d+);", (state / f"{ns}.leases").read_text())
-            if found:
-                return datetime.strptime(found[-1], "%Y/%m/%d %H:%M:%S").replace(tzinfo=UTC).isoformat()
-    except OSError:
-        return None
-    return None
-
-
-def _client_pid_file(client: str, target: Target, ns: str, interface: str) -> Path:
-    if client == "dhcpcd":
-        return Path(f"/run/dhcpcd/{interface}-4.pid")
-    return target.state_dir / f"{ns}.pid"
-
-
-def namespace_status(target: Target, ns: str, client: str | None) -> NamespaceStatus:
-    i = target.index(ns)
-    assert i is not None
-    st = NamespaceStatus(name=ns, interface=target.inside(i))
-    out = execute.capture(execute.in_netns(ns, ["sh", "-c", _PROBE]))
+def decode_probe(member: Member, out: str) -> NamespaceStatus:
+    """A namespace's status from what _PROBE printed there."""
+    st = NamespaceStatus(name=member.name, interface=member.interface)
     docs, rest = _decode_all(out)
     links = docs[0] if docs else []
     routes = docs[1] if len(docs) > 1 else []
@@ -120,24 +111,64 @@ def namespace_status(target: Target, ns: str, client: str | None) -> NamespaceSt
     st.gateway = next((r.get("gateway") for r in routes if r.get("dst") == "default"), None)
     ports = rest.split()
     st.port_range = f"{ports[0]}-{ports[1]}" if len(ports) == 2 else None
-    if client and client != "none":
-        st.dhcp_client = client
-        st.dhcp_pid, st.dhcp_alive = _pid(_client_pid_file(client, target, ns, st.interface), client)
-        st.lease_expires = _lease_expiry(client, target, ns)
     return st
 
 
+def lease_expiry(client: str, text: str) -> str | None:
+    """When a lease file's last lease expires (ISO 8601, UTC), for the clients whose files say so."""
+    if client == "udhcpc":  # our event script's KEY=VALUE lines
+        m = re.search(r"^expires=(\d+)$", text, re.M)
+        return datetime.fromtimestamp(int(m[1]), UTC).isoformat() if m else None
+    if client == "dhclient":
+        found = re.findall(r"expire \d+ (\d+/\d+/\d+ \d+:\d+:\d+);", text)
+        if found:
+            return datetime.strptime(found[-1], "%Y/%m/%d %H:%M:%S").replace(tzinfo=UTC).isoformat()
+    return None  # dhcpcd's lease file is the binary DHCP message
+
+
+def _pid(path: str, client: str) -> tuple[int | None, bool]:
+    try:
+        pid = int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None, False
+    try:
+        alive = Path(f"/proc/{pid}/comm").read_text().strip() == client
+    except OSError:
+        alive = False
+    return pid, alive
+
+
+def namespace_status(member: Member, client: str | None) -> NamespaceStatus:
+    st = decode_probe(member, execute.capture(execute.in_netns(member.name, ["sh", "-c", _PROBE])))
+    if client and client != "none":
+        st.dhcp_client = client
+        if member.pidfile:
+            st.dhcp_pid, st.dhcp_alive = _pid(member.pidfile, client)
+        if member.leasefile:
+            try:
+                st.lease_expires = lease_expiry(client, Path(member.leasefile).read_text(errors="replace"))
+            except OSError:
+                st.lease_expires = None
+    return st
+
+
+def present(record: Record) -> list[Member]:
+    """The recorded namespaces that exist now."""
+    return [m for m in record.members if Path("/run/netns", m.name).exists()]
+
+
 def status(target: Target) -> dict[str, Any]:
-    env = setup_env(target)
-    names = namespaces(target)
-    client = env.get("DHCP")
+    record = read_record(target)
+    members = present(record) if record else []
+    client = record.client if record else None
     with ThreadPoolExecutor(max_workers=8) as pool:
-        rows = list(pool.map(lambda ns: namespace_status(target, ns, client), names))
+        rows = list(pool.map(lambda m: namespace_status(m, client), members))
+    env = record.env if record else {}
     return {
         "prefix": target.prefix,
         "bridge": env.get("BRIDGE", target.bridge),
         "uplink": env.get("UPLINK", target.uplink) or None,
         "dhcp": client,
-        "state": str(target.state_dir) if env else None,
+        "state": str(target.state_dir) if record else None,
         "namespaces": [asdict(r) for r in rows],
     }

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import re
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from multiip import hold
+from multiip import messages
 
 console = Console(stderr=True, highlight=False)
 if not console.is_terminal:  # logs and pipes: wide enough for a status row on one line
     console = Console(stderr=True, highlight=False, width=200)
-
-_STEP = re.compile(r"^multiip: \[(\d+)/(\d+)\] (.*)$")
-_PROGRESS = re.compile(r"^multiip: progress (\S+) (\d+)/(\d+)$")
 
 
 class ScriptProgress:
@@ -56,28 +54,27 @@ class ScriptProgress:
             self.progress.update(self.task, total=task.total or 1, completed=task.total or 1)
 
     def __call__(self, line: str) -> None:
-        if line.startswith("multiip: error: "):
+        msg = messages.parse(line)
+        if msg.kind == "error":
             return
-        if m := _STEP.match(line):
+        if msg.kind == "step":
             self._finish_current()
-            description = f"[{m[1]}/{m[2]}] {m[3]}"
+            description = f"[{msg.done}/{msg.total}] {msg.text}"
             short = description if len(description) <= 60 else description[:59] + "…"  # leave room for the bar
             self.task = self.progress.add_task(short, total=None)
             if not self.live:
                 console.print(description)
             return
-        if m := _PROGRESS.match(line):
-            done, total = int(m[2]), int(m[3])
+        if msg.kind == "progress":
             if self.task is not None:
-                self.progress.update(self.task, completed=done, total=total)
-            if not self.live and done == total:
-                console.print(f"  {m[1]}: {done}/{total}")
+                self.progress.update(self.task, completed=msg.done, total=msg.total)
+            if not self.live and msg.done == msg.total:
+                console.print(f"  {msg.text}: {msg.done}/{msg.total}")
             return
-        text = line.removeprefix("multiip: ")
         if self.live:
-            self.progress.console.print(f"  [dim]{text}[/dim]", markup=True, soft_wrap=True)
+            self.progress.console.print(f"  [dim]{escape(msg.text)}[/dim]", markup=True, soft_wrap=True)
         else:
-            console.print(f"  {text}", markup=False, soft_wrap=True)
+            console.print(f"  {msg.text}", markup=False, soft_wrap=True)
 
 
 def status_table(data: dict[str, Any]) -> None:
@@ -150,14 +147,15 @@ def hold_table(result: dict[str, Any]) -> None:
     console.print(table)
 
 
-def hold_with_progress(
-    shares: list[hold.Share], server: hold.Server, duration: float | None, rate: float = 0.0, bind: bool = True
-) -> dict[str, Any]:
-    """hold.hold with what could stop it short said first and a progress bar while it runs."""
-    for note in hold.preflight(shares):
+T = TypeVar("T")
+
+
+def with_hold_progress(notes: list[str], total: int, run: Callable[[HoldProgress], T]) -> T:
+    """Say first what could stop a hold short, then show its progress while ``run`` holds."""
+    for note in notes:
         console.print(f"multiip: {note}", markup=False)
-    with HoldProgress(sum(s.count for s in shares)) as progress:
-        return hold.hold(shares, server, duration, rate, progress, bind=bind)
+    with HoldProgress(total) as progress:
+        return run(progress)
 
 
 def headline(result: dict[str, Any]) -> str:

@@ -15,9 +15,7 @@ def sh(*argv: str, check: bool = True, netns: str | None = None, **kw: Any) -> s
     return subprocess.run(argv, check=check, text=True, capture_output=True, **kw)
 
 
-def multiip(
-    *args: str, netns: str | None = None, check: bool = True, **kw: Any
-) -> subprocess.CompletedProcess[str]:
+def multiip(*args: str, netns: str | None = None, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it (python -m multiip), optionally as the lab host."""
     cp = sh(sys.executable, "-m", "multiip", *args, netns=netns, check=False, stdin=subprocess.DEVNULL, **kw)
     if check and cp.returncode != 0:

@@ -8,7 +8,7 @@ import sys
 import pytest
 from helpers import multiip, ours
 
-from multiip import cli
+from multiip import cli, render
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,8 @@ from multiip import cli
         ["run", "--count", "0", "--yes"],
         ["run", "--dhcp", "none", "--address", "1.2.3.4/40", "--yes"],
         ["down", "--prefix", "a b", "--yes"],
-        ["status", "--bridge", "x" * 16],
+        ["status", "--prefix", "x" * 16],
+        ["hold", "198.18.0.1:9000", "--rate", "-1"],
         ["lab", "up", "--name", "far-too-long-name"],
         ["lab", "exec", "--name", "nolabhere", "--", "true"],
     ],
@@ -87,7 +88,7 @@ def test_internal_error_is_one_line_too(monkeypatch: pytest.MonkeyPatch, capsys:
     def boom(*_: object) -> str:
         raise KeyError("surprise")
 
-    monkeypatch.setattr(cli.render, "setup_script", boom)
+    monkeypatch.setattr(render, "setup_script", boom)
     monkeypatch.setattr(sys, "argv", ["multiip", "render"])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()

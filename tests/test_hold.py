@@ -73,9 +73,23 @@ def test_two_ips_hold_exactly_twice_what_one_can(lab: labmod.Lab, two: str) -> N
 
 def test_per_ip_is_honoured_and_the_sink_sees_each_ip(lab: labmod.Lab, two: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "multiip", "hold", server(lab), "--prefix", two, "--per-ip", "1500", "--duration", "3",
-         "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "multiip",
+            "hold",
+            server(lab),
+            "--prefix",
+            two,
+            "--per-ip",
+            "1500",
+            "--duration",
+            "3",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seen: dict[str, int] = {}
     deadline = time.monotonic() + 15
@@ -94,7 +108,9 @@ def test_per_ip_is_honoured_and_the_sink_sees_each_ip(lab: labmod.Lab, two: str)
 def test_ctrl_c_leaves_no_worker_and_no_socket(lab: labmod.Lab, two: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "multiip", "hold", server(lab), "--prefix", two, "--per-ip", "20000", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and labmod.sink_stats(lab)["held"] < 40000:
@@ -111,7 +127,9 @@ def test_ctrl_c_leaves_no_worker_and_no_socket(lab: labmod.Lab, two: str) -> Non
 def test_a_dead_worker_stops_all(lab: labmod.Lab, two: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "multiip", "hold", server(lab), "--prefix", two, "--per-ip", "30000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not labmod.sink_stats(lab)["held"]:

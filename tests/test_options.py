@@ -75,6 +75,8 @@ def test_plan_rules() -> None:
         make_plan(dhcp="none", gateway="198.18.0.1")
     with pytest.raises(MultiipError, match="--dhcp"):
         make_plan(dhcp="pump")
+    with pytest.raises(TypeError, match="unknown options"):
+        make_plan(colour="red")
     with pytest.raises(MultiipError, match="--bridge-tool"):
         make_plan(bridge_tool="ovs")
     with pytest.raises(MultiipError, match="--host-dhcp"):
@@ -91,8 +93,62 @@ def test_plan_rules() -> None:
 
 def test_seed_names_and_others_do_not_collide() -> None:
     seed = make_target()
-    assert (seed.namespace(3), seed.inside(3), seed.port(3)) == ("ns3", "tap3", "br-tap3")
+    assert (seed.inside_prefix, seed.port_prefix) == ("tap", "br-tap")
     other = make_target(prefix="tap")
-    names = {other.inside(i) for i in range(30)} | {other.port(i) for i in range(30)}
-    assert not names & ({seed.inside(i) for i in range(30)} | {seed.port(i) for i in range(30)})
-    assert other.index("tap12") == 12 and other.index("tap012") is None and other.index("tapx") is None
+    names = {f"{other.inside_prefix}{i}" for i in range(30)} | {f"{other.port_prefix}{i}" for i in range(30)}
+    seed_names = {f"{seed.inside_prefix}{i}" for i in range(30)} | {f"{seed.port_prefix}{i}" for i in range(30)}
+    assert not names & seed_names
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {},
+        {"count": 7, "prefix": "lab", "dhcp": "none", "address": "198.18.1.10/15", "gateway": "198.18.0.1"},
+        {"bridge": "brx", "uplink": "ens3", "bridge_tool": "brctl", "port_range": "2000-60000", "confirm": 30},
+        {"dhcp": "dhclient", "host_dhcp": True, "lease_timeout": 60, "tune_host": True},
+    ],
+)
+def test_plan_round_trip_through_its_own_args(given: dict[str, object]) -> None:
+    """Plan.args() gives the options that make the same plan again: one definition, one default each."""
+    plan = make_plan(**given)
+    argv = plan.args()
+    parsed: dict[str, object] = {}
+    specs = {s.flag: s for s in options.SETUP}
+    while argv:
+        spec = specs[argv.pop(0)]
+        parsed[spec.name] = True if spec.kind is bool else spec.kind(argv.pop(0))
+    assert make_plan(**parsed) == plan
+    assert set(parsed) == {k for k in given if k != "count" or given[k] != 20}
+
+
+def test_every_setup_option_is_a_plan_field() -> None:
+    values = make_plan().values()
+    assert [s.name for s in options.SETUP] == [s.name for s in options.SETUP if s.name in values]
+    assert len(values) == len(options.SETUP)
+
+
+def test_choices_are_enums() -> None:
+    assert options.choice(options.Dhcp.udhcpc, options.Dhcp, "--dhcp") == "udhcpc"
+    with pytest.raises(MultiipError, match="choose one of auto, udhcpc, dhclient, dhcpcd, none"):
+        options.choice("pump", options.Dhcp, "--dhcp")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("nonsense", "IPv4:PORT"), ("198.18.0.1:99999", "1..65535"), ("198.18.0.1", "IPv4:PORT"), ("x:1", "IPv4:PORT")],
+)
+def test_server_refused(value: str, message: str) -> None:
+    with pytest.raises(MultiipError, match=message):
+        options.server(value)
+
+
+def test_hold_limits() -> None:
+    options.hold_limits(None, None, 0.0)
+    for args, option in (
+        ((0, None, 0.0), "--per-ip"),
+        ((None, -1.0, 0.0), "--duration"),
+        ((None, None, -2.0), "--rate"),
+    ):
+        with pytest.raises(MultiipError, match=option):
+            options.hold_limits(*args)  # type: ignore[arg-type]

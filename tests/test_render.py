@@ -1,8 +1,10 @@
-"""Rendering: golden scripts for a few option sets, each shellcheck-clean; templates ship in the wheel."""
+"""Rendering: one golden script per kind, focused assertions for the other option sets, every script
+shellcheck-clean and parsed by bash; templates ship in the wheel; rendering loads no load generator or lab."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,146 +13,170 @@ from pathlib import Path
 
 import pytest
 
+from multiip import lab
 from multiip.plan import make_plan, make_target
 from multiip.render import setup_script, teardown_script
 
 GOLDEN = Path(__file__).parent / "golden"
-CASES = {
+GOLDENS = {
     "setup-seed": lambda: setup_script(make_plan()),
-    "setup-static-brctl": lambda: setup_script(
-        make_plan(
-            prefix="lab",
-            count=300,
-            dhcp="none",
-            address="198.18.10.1/15",
-            gateway="198.18.0.1",
-            bridge="brx",
-            uplink="ens3",
-            bridge_tool="brctl",
-            port_range="2000-60000",
-        )
-    ),
+    "teardown-seed": lambda: teardown_script(make_target()),
+}
+STATIC_BRCTL = dict(
+    prefix="lab", count=300, dhcp="none", address="198.18.10.1/15", gateway="198.18.0.1", bridge="brx",
+    uplink="ens3", bridge_tool="brctl", port_range="2000-60000",
+)  # fmt: skip
+SCRIPTS = {
+    **GOLDENS,
+    "setup-static-brctl": lambda: setup_script(make_plan(**STATIC_BRCTL)),
     "setup-dhclient-hostdhcp": lambda: setup_script(
         make_plan(count=4, dhcp="dhclient", host_dhcp=True, lease_timeout=60)
     ),
-    "teardown-seed": lambda: teardown_script(make_target()),
+    "setup-confirm-tune": lambda: setup_script(make_plan(confirm=30, tune_host=True)),
     "teardown-custom": lambda: teardown_script(make_target(prefix="lab", bridge="brx", uplink="ens3")),
+    "lab-up": lambda: lab.up_script(lab.make_lab()),
+    "lab-down": lambda: lab.down_script(lab.make_lab()),
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+def code(script: str) -> str:
+    """The script without its comments: what bash runs."""
+    return "\n".join(line.split("  # ")[0] for line in script.splitlines() if not line.lstrip().startswith("#"))
+
+
+@pytest.mark.parametrize("case", sorted(GOLDENS))
 def test_golden(case: str) -> None:
     """A changed script is a reviewed change: UPDATE_GOLDEN=1 rewrites tests/golden/."""
-    text = CASES[case]()
+    text = GOLDENS[case]()
     path = GOLDEN / f"{case}.sh"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.write_text(text)
     assert text == path.read_text()
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(SCRIPTS))
 def test_shellcheck_clean(case: str, tmp_path: Path) -> None:
     if not shutil.which("shellcheck"):
         pytest.skip("shellcheck not installed")
     script = tmp_path / f"{case}.sh"
-    script.write_text(CASES[case]())
+    script.write_text(SCRIPTS[case]())
     cp = subprocess.run(["shellcheck", "-S", "warning", str(script)], capture_output=True, text=True)
     assert cp.returncode == 0, cp.stdout
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_bash_parses_it(case: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", sorted(SCRIPTS))
+def test_bash_parses_it_and_it_is_only_bash(case: str, tmp_path: Path) -> None:
+    text = SCRIPTS[case]()
     script = tmp_path / "s.sh"
-    script.write_text(CASES[case]())
+    script.write_text(text)
     subprocess.run(["bash", "-n", str(script)], check=True)
+    assert text.startswith("#!/usr/bin/env bash\n")
+    body = code(text)  # no second language: no perl, no inline python, no here-document but the udhcpc script
+    assert not re.search(r"\b(perl|ruby|lua)\b|python3? -c", body)
+    assert set(re.findall(r"<<-?'?(\w+)", body)) <= {"UDHCPC", "BATCH"}
+
+
+def test_choices_made_at_render_time_are_not_tested_again_in_bash() -> None:
+    seed = code(setup_script(make_plan()))
+    static = code(setup_script(make_plan(**STATIC_BRCTL)))
+    hostdhcp = code(setup_script(make_plan(host_dhcp=True)))
+    for text in (seed, static, hostdhcp):
+        assert "BRIDGE_TOOL" not in text and "HOST_MODE" not in text and "TUNE_HOST" not in text
+    assert "brctl" not in seed and 'brctl addbr "$BRIDGE"' in static and 'brctl addif "$BRIDGE" "$UPLINK"' in static
+    assert 'brctl stp "$BRIDGE" off' in static and "type bridge stp_state 0" in seed
+    assert "dhcp_start" not in static and "LEASE_TIMEOUT" not in static and "DHCP=none" in static
+    assert "ADDRESS=198.18.10.1" in static and "PREFIXLEN=15" in static and "GATEWAY=198.18.0.1" in static
+    assert "PORT_RANGE=(2000 60000)" in static
+    assert 'dhcp_start "$DHCP" host "$BRIDGE"' in hostdhcp and "address flush dev $UPLINK" in hostdhcp
+    assert 'dhcp_start "$DHCP" host' not in seed and "address replace $line dev $BRIDGE" in seed
+    tuned = code(setup_script(make_plan(tune_host=True)))
+    assert "host-limits" in tuned and "host-limits" not in seed
+
+
+def test_each_script_includes_only_the_helpers_it_calls() -> None:
+    for render in SCRIPTS.values():
+        body = code(render())
+        for helper in re.findall(r"^([a-z_]+)\(\) \{", body, re.M):
+            calls = len(re.findall(rf"(?<![\w-]){helper}\b", body))
+            assert calls >= 2, f"{helper} is defined and never called"  # the definition is one
+
+
+def test_every_script_speaks_one_message_format() -> None:
+    """say/die/step/progress come from one include; no script prints the format by hand."""
+    for render in SCRIPTS.values():
+        body = code(render())
+        assert body.count("say() {") == 1 and body.count("die() {") == 1
+        for line in body.splitlines():
+            if "printf 'multiip: " in line or 'printf "multiip: ' in line:
+                assert re.match(r"\s*(say|die|step|progress)\(\)|\s*(if|else).*interrupted|.*failed \(exit", line) or (
+                    "/dev/tty" in line or "is now in" in line
+                ), line
 
 
 def test_script_shape() -> None:
     text = setup_script(make_plan())
-    assert text.startswith("#!/usr/bin/env bash\n")
     assert "set -Eeuo pipefail" in text
     assert "need_root" in text and "need_tool ip iproute2" in text
     assert "step 1/6" in text and "step 6/6" in text
-    # the seed's names and bridge
+    # the seed's names and bridge, and the record's place, told by Python
     assert "PREFIX=ns " in text and "INSIDE=tap " in text and "PORT=br-tap " in text and "BRIDGE=br0\n" in text
+    assert "STATE=/run/multiip/ns " in text
     # decided where it runs: uplink and client
     assert "UPLINK=''" in text and "DHCP=auto " in text
-    brctl = setup_script(make_plan(bridge_tool="brctl"))
-    assert 'brctl addbr "$BRIDGE"' in brctl and 'brctl stp "$BRIDGE" off' in brctl and "brctl addif" in brctl
-
-
-def inside_helper(script: str) -> str:
-    """The perl helper the setup script writes to $STATE/inside.pl."""
-    start = script.index("<<'PERL'\n") + len("<<'PERL'\n")
-    return script[start : script.index("\nPERL\n", start) + 1]
-
-
-@pytest.mark.parametrize("case", [c for c in sorted(CASES) if c.startswith("setup")])
-def test_inside_helper_compiles_and_names_the_ip_commands_it_stands_for(case: str, tmp_path: Path) -> None:
-    helper = inside_helper(CASES[case]())
-    assert helper.startswith("#!/usr/bin/perl\n")
-    for command in ("ip link set dev lo up", "addrgenmode none", "ip address replace", "ip route replace default"):
-        assert command in helper
-    if not shutil.which("perl"):
-        pytest.skip("perl not installed")
-    (tmp_path / "inside.pl").write_text(helper)
-    cp = subprocess.run(["perl", "-c", str(tmp_path / "inside.pl")], capture_output=True, text=True)
-    assert cp.returncode == 0 and "syntax OK" in cp.stderr, cp.stderr
+    # the namespaces are entered with nsenter, never ip netns exec or ip -n, when they are made
+    made = code(text[text.index("step 4/6") : text.index("step 5/6")])
+    assert "nsenter --net=" in made and "ip netns exec" not in made and "ip -n " not in made
 
 
 def test_host_resolv_conf_never_a_target() -> None:
     """Clients write their own resolver files; the host's is only ever a bind-mount target."""
-    for case in CASES.values():
-        text = case()
-        for line in text.splitlines():
-            code = line.split("  # ")[0]
-            if "/etc/resolv.conf" in code and not code.lstrip().startswith("#"):
-                assert "mount --bind" in code, line
+    for case in SCRIPTS.values():
+        for line in code(case()).splitlines():
+            if "/etc/resolv.conf" in line:
+                assert "mount --bind" in line, line
+
+
+def test_rendering_loads_no_load_generator_lab_or_sh() -> None:
+    program = (
+        "import contextlib, io, sys\n"
+        "from multiip import cli\n"
+        "sys.argv = ['multiip', 'render', '--count', '3']\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    cli.main()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('multiip') or m == 'sh'))\n"
+    )
+    cp = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    loaded = cp.stdout.strip().splitlines()[-1]
+    for module in ("multiip.hold", "multiip.holdworker", "multiip.lab", "multiip.sink", "multiip.demo", "'sh'"):
+        assert module not in loaded, loaded
+    assert "multiip.render" in loaded
 
 
 def test_wheel_ships_templates(tmp_path: Path) -> None:
     """An installed wheel (no source tree around it) renders."""
     root = Path(__file__).resolve().parent.parent
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(root),
-        ],
-        check=True,
-        capture_output=True,
-    )
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(root)],
+        check=True, capture_output=True,
+    )  # fmt: skip
     wheel = next(tmp_path.glob("multiip-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "multiip/templates/setup.sh.j2" in names and "multiip/templates/teardown.sh.j2" in names
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-        check=True,
-        capture_output=True,
-    )
+        check=True, capture_output=True,
+    )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(target)}
     cp = subprocess.run(
-        [sys.executable, "-m", "multiip", "render", "--count", "3"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
+        [sys.executable, "-m", "multiip", "render", "--count", "3"], cwd=tmp_path, env=env, capture_output=True,
         text=True,
-    )
+    )  # fmt: skip
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.startswith("#!/usr/bin/env bash") and "COUNT=3" in cp.stdout
     cp = subprocess.run(
-        [sys.executable, "-c", "import multiip.render as r; print(r.templates_dir())"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+        [sys.executable, "-c", "import multiip.render as r; print(r.templates_dir())"], cwd=tmp_path, env=env,
+        capture_output=True, text=True,
+    )  # fmt: skip
     assert cp.stdout.strip() == str(target / "multiip" / "templates")

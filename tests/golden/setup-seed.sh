@@ -1,46 +1,35 @@
 #!/usr/bin/env bash
 # multiip 0.1.0: give this host 20 source IPv4 addresses, one per network namespace,
 # behind the Linux bridge br0 that takes over the uplink (single-host-multiple-ips).
-# Rendered by: multiip render --count 20 --dhcp auto
+# Rendered by: multiip render 
 # Undo with:   multiip render --teardown > teardown.sh && sudo bash teardown.sh
 # Safe to run again on a host that already has this setup: every step skips what exists.
 set -Eeuo pipefail
 export LC_ALL=C
 
-PREFIX=ns        # namespaces ${PREFIX}0, ${PREFIX}1, ...
-INSIDE=tap  # veth end inside namespace i: ${INSIDE}i
-PORT=br-tap      # veth end on the bridge: ${PORT}i
-BRIDGE=br0
-UPLINK=''        # empty: the interface of the default route, found where this runs
-STATE=/run/multiip/$PREFIX       # pid, lease and saved-uplink files; removed by the teardown
-STEP=preflight
-SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
+say() { printf 'multiip: %s\n' "$*" >&2 || true; }  # || true: a closed stderr must not stop a rollback
+die() { printf 'multiip: error: %s\n' "$*" >&2 || true; exit 2; }
+# shellcheck disable=SC2034 # STEP: named by on_error in the scripts that include _errors.sh.j2
+step() { STEP=$2; printf 'multiip: [%s] %s\n' "$1" "$2" >&2 || true; }
+progress() { printf 'multiip: progress %s %s/%s\n' "$1" "$2" "$3" >&2 || true; }
+trap "" PIPE  # a closed stdout or stderr (a dropped session) fails a write instead of killing the script
 
-say() { printf 'multiip: %s\n' "$*" >&2; }
-die() { printf 'multiip: error: %s\n' "$*" >&2; exit 2; }
-step() { STEP=$2; printf 'multiip: [%s] %s\n' "$1" "$2" >&2; }
-progress() { printf 'multiip: progress %s %s/%s\n' "$1" "$2" "$3" >&2; }
+STEP=preflight  # set by step(), named by on_error
 ROLLBACK=""  # a function to call before exiting on an error, while a step can be undone
 BACKGROUND=()  # pids of background jobs (throttle below), waited for on an error or an interruption
 on_error() {
-  trap - ERR INT TERM HUP
+  trap - ERR
+  trap '' INT TERM HUP  # the rollback below runs to its end, whatever else arrives
   if ((${#BACKGROUND[@]} > 0)); then wait "${BACKGROUND[@]}" 2>/dev/null || true; fi  # none outlives the script
-  if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"\n' "$STEP" >&2
-  else printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2; fi
+  if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"\n' "$STEP" >&2 || true
+  else printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2 || true; fi
   if [[ -n $ROLLBACK ]]; then "$ROLLBACK"; fi
   exit "$1"
 }
 trap 'on_error $? $LINENO' ERR
 trap 'on_error 130 $LINENO' INT TERM HUP  # Ctrl-C, kill, a dropped SSH session: same rollback
 
-need_root() { [[ $EUID -eq 0 ]] || die "run this as root: it changes network interfaces"; }
-need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
-link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
-link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
-
 # throttle N after starting a background job: at most N run at a time; a failed job fails the script.
-# On an error or an interruption the jobs in flight are waited for (a chunk of namespaces being made
-# finishes first).
 CORES=$(nproc 2>/dev/null || echo 1)
 RUNNING=0
 throttle() {
@@ -50,38 +39,38 @@ throttle() {
 }
 drain() { while ((RUNNING > 0)); do wait -n; RUNNING=$((RUNNING - 1)); done; }
 
-# Our namespaces on this host: ${PREFIX} followed by digits only.
-our_namespaces() {
-  local name rest
-  while read -r name rest; do
-    if [[ $name == "$PREFIX"* && ${name#"$PREFIX"} =~ ^(0|[1-9][0-9]*)$ ]]; then printf '%s\n' "$name"; fi
-  done < <(ip netns list 2>/dev/null)
-}
+PREFIX=ns        # namespaces ${PREFIX}0, ${PREFIX}1, ...
+BRIDGE=br0
+UPLINK=''        # empty: the interface of the default route, found where this runs
+STATE=/run/multiip/ns  # the setup's record, pid, lease and saved-uplink files
+SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
-# What an earlier setup of this prefix recorded: its uplink (unless given), bridge and DHCP client.
-SAVED_BRIDGE="" SAVED_DHCP=""
-load_state() {
+need_root() { [[ $EUID -eq 0 ]] || die "run this as root: it changes network interfaces"; }
+need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
+link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
+link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
+
+# The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
+#   $STATE/setup.env   KEY=VALUE: PREFIX BRIDGE UPLINK DHCP COUNT
+#   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
+# A setup's namespaces are the ones its record names, never a name pattern. Each bridge port also
+# carries the alias multiip:PREFIX:NAME:INSIDE, from which the teardown rebuilds a lost record.
+declare -A RECORD=()
+read_record() {  # sets RECORD[KEY] from setup.env
   local key value
+  RECORD=()
   [[ -r $STATE/setup.env ]] || return 0
-  while IFS='=' read -r key value; do
-    case $key in
-      UPLINK) [[ -n $UPLINK ]] || UPLINK=$value ;;
-      BRIDGE) SAVED_BRIDGE=$value ;;
-      DHCP) SAVED_DHCP=$value ;;
-    esac
-  done <"$STATE/setup.env"
+  while IFS='=' read -r key value; do [[ -z $key ]] || RECORD[$key]=$value; done <"$STATE/setup.env"
 }
+INSIDE=tap  # veth end inside namespace i: ${INSIDE}i
+PORT=br-tap      # veth end on the bridge: ${PORT}i
 
-# --- DHCP clients. Each namespace's client has its own pid and lease files under $STATE, and its
-# --- resolver file is /etc/netns/<ns>/resolv.conf: the host's /etc/resolv.conf is never written.
-# udhcpc runs our event script, which writes only the files named in MULTIIP_RESOLV and MULTIIP_LEASE;
-# dhclient and dhcpcd run their stock scripts under `ip netns exec`, which bind-mounts
-# /etc/netns/<ns>/resolv.conf over /etc/resolv.conf for them.
-# A client is keyed by its namespace's name, or by "host" for the bridge's own client (--host-dhcp).
-# These helpers set variables (RESOLV, PIDFILE, PID) rather than print: no subshell per namespace.
-resolv_file() {  # $1 key: sets RESOLV
-  if [[ $1 == host ]]; then RESOLV=$STATE/host.resolv.conf; else RESOLV=/etc/netns/$1/resolv.conf; fi
-}
+# Each namespace's client has its own pid and lease files (named in the record) and its resolver file
+# is /etc/netns/<ns>/resolv.conf: the host's /etc/resolv.conf is never written. udhcpc runs our event
+# script, which writes only the files named in MULTIIP_RESOLV and MULTIIP_LEASE; dhclient and dhcpcd
+# run their stock scripts under `ip netns exec`, which bind-mounts /etc/netns/<ns>/resolv.conf over
+# /etc/resolv.conf for them. A client is keyed by its namespace's name, or by "host" for the bridge's.
+# These helpers set variables (RESOLV, PIDFILE, LEASEFILE, PID) rather than print: no subshell each.
 resolv_in() {  # $1 key, then a command: run it there with /etc/resolv.conf bound to the key's own file
   local key=$1
   shift
@@ -89,107 +78,23 @@ resolv_in() {  # $1 key, then a command: run it there with /etc/resolv.conf boun
   else unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$STATE/host.resolv.conf" "$@"
   fi
 }
-pid_file() {  # $1 client, $2 key, $3 interface: sets PIDFILE
-  if [[ $1 == dhcpcd ]]; then PIDFILE=/run/dhcpcd/$3-4.pid; else PIDFILE=$STATE/$2.pid; fi
+client_files() {  # $1 client, $2 key, $3 interface: sets PIDFILE and LEASEFILE
+  case $1 in
+    udhcpc) PIDFILE=$STATE/$2.pid LEASEFILE=$STATE/$2.lease ;;
+    dhclient) PIDFILE=$STATE/$2.pid LEASEFILE=$STATE/$2.leases ;;
+    dhcpcd) PIDFILE=/run/dhcpcd/$3-4.pid LEASEFILE=/var/lib/dhcpcd/$3.lease ;;  # dhcpcd has no option for them
+    *) PIDFILE=- LEASEFILE=- ;;
+  esac
 }
 client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running client's pid, or to ""
   local comm=""
   PID=""
-  pid_file "$@"
+  client_files "$@"
   if [[ -s $PIDFILE ]]; then read -r PID <"$PIDFILE" || true; fi
   if [[ $PID =~ ^[0-9]+$ ]]; then read -r comm 2>/dev/null <"/proc/$PID/comm" || true; fi
   [[ -n $comm && $comm == "$1" ]] || PID=""
 }
 
-dhcp_start() {  # $1 client, $2 key, $3 interface
-  local log=$STATE/$2.log
-  resolv_file "$2"
-  [[ -e $RESOLV ]] || { mkdir -p "${RESOLV%/*}" && : >"$RESOLV"; }  # exists before the client starts
-  pid_file "$@"
-  case $1 in
-    udhcpc)  # in the foreground of its own session: never blocks this script, keeps trying until it has a lease
-      rm -f "$STATE/$2.lease"
-      local enter=()
-      [[ $2 == host ]] || enter=(nsenter --net="/run/netns/$2")
-      MULTIIP_RESOLV=$RESOLV MULTIIP_LEASE=$STATE/$2.lease setsid "${enter[@]}" \
-        udhcpc -f -i "$3" -p "$PIDFILE" -s "$STATE/udhcpc.script" -R -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 &
-      ;;
-    dhclient)
-      rm -f "$STATE/$2.leases"
-      resolv_in "$2" dhclient -4 -nw -pf "$PIDFILE" -lf "$STATE/$2.leases" "$3" >"$log" 2>&1 ;;
-    dhcpcd)
-      rm -f "/var/lib/dhcpcd/$3.lease"
-      resolv_in "$2" dhcpcd -4 -b -A -C hostname "$3" >"$log" 2>&1 ;;
-  esac
-}
-
-has_lease() {  # $1 client, $2 key, $3 interface
-  case $1 in
-    udhcpc) [[ -s $STATE/$2.lease ]] ;;
-    dhclient) [[ -s $STATE/$2.leases && $(<"$STATE/$2.leases") == *fixed-address* ]] ;;
-    dhcpcd) [[ -s /var/lib/dhcpcd/$3.lease ]] ;;
-  esac
-}
-
-dhcp_release() {  # $1 client, $2 key, $3 interface: make the client send DHCPRELEASE and exit; sets PID
-  local log=$STATE/$2.log
-  client_pid "$@"
-  case $1 in
-    udhcpc) if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi ;;  # started with -R: releases on exit
-    dhclient) resolv_in "$2" dhclient -4 -r -pf "$PIDFILE" -lf "$STATE/$2.leases" "$3" >>"$log" 2>&1 || true ;;
-    dhcpcd) resolv_in "$2" dhcpcd -4 -k "$3" >>"$log" 2>&1 || true ;;
-  esac
-}
-
-alive() {  # $1 pid: running (a zombie waiting for its parent to reap it counts as gone)
-  local stat
-  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != Z ]]
-}
-wait_gone() {  # pids...: wait up to 5 s for them to exit
-  local i pid left=("$@")
-  for ((i = 0; i < 100 && ${#left[@]} > 0; i++)); do
-    local still=()
-    for pid in "${left[@]}"; do if alive "$pid"; then still+=("$pid"); fi; done
-    left=("${still[@]}")
-    ((${#left[@]} == 0)) || sleep 0.05
-  done
-}
-
-# NS_PIDS[namespace]="pid pid ...": what runs in each named namespace, from one pass over /proc
-# (one `ip netns pids` per namespace would scan /proc once per namespace).
-declare -A NS_PIDS=()
-map_namespace_pids() {
-  local -A by_inode=()
-  local path inode link pid
-  NS_PIDS=()
-  while read -r path inode; do [[ -z $inode ]] || by_inode[$inode]=${path#/run/netns/}; done \
-    < <(stat -L -c '%n %i' /run/netns/* 2>/dev/null || true)
-  while read -r path link; do
-    inode=${link#net:[}
-    inode=${inode%]}
-    [[ -n $inode && -n ${by_inode[$inode]:-} ]] || continue
-    pid=${path#/proc/}
-    pid=${pid%%/*}
-    NS_PIDS[${by_inode[$inode]}]+="$pid "
-  done < <(find /proc -mindepth 3 -maxdepth 3 -path '/proc/[0-9]*/ns/net' -printf '%p %l\n' 2>/dev/null || true)
-}
-
-# --- Host-wide limits that about 1000 namespaces outgrow: the ARP table (gc_thresh3, 1024 by default)
-# --- and the per-CPU backlog that a broadcast to every bridge port fills (netdev_max_backlog, 1000).
-restore_host_limits() {  # what --tune-host raised, back as it was
-  local key value
-  [[ -s $STATE/host-limits ]] || return 0
-  while read -r key value; do
-    [[ -z $key ]] || printf '%s\n' "$value" >"$SYSCTL/$key"
-  done <"$STATE/host-limits"
-  say "host-wide limits restored: $(tr '\n' ' ' <"$STATE/host-limits")"
-  rm -f "$STATE/host-limits"
-}
-
-# --- The uplink. Its IPv4 addresses and routes are saved before it joins the bridge and put back
-# --- exactly so by the teardown (or by the setup itself if moving it fails).
 addresses_of() {  # $1 device: its IPv4 addresses as arguments for `ip address add`, one per line
   ip -4 -o address show dev "$1" scope global | awk '{
       out = $4
@@ -207,13 +112,6 @@ routes_of() {  # $1 device: its IPv4 routes in the main table but the kernel's o
       for (i = 1; i <= NF; i++) if ($i !~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|notify)$/) out = out (out == "" ? "" : " ") $i
       print out }'
 }
-save_uplink() {
-  mkdir -p "$STATE"
-  addresses_of "$UPLINK" >"$STATE/uplink.addr"
-  routes_of "$UPLINK" >"$STATE/uplink.route"
-  printf '%s\n' "$UPLINK" >"$STATE/uplink"
-}
-
 # Addresses and routes to put back: the saved ones, or (state lost) whatever the bridge carries now.
 uplink_addresses() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.addr"; else addresses_of "$BRIDGE"; fi; }
 uplink_routes() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.route"; else routes_of "$BRIDGE"; fi; }
@@ -237,25 +135,56 @@ restore_uplink() {
   done < <(uplink_addresses)
 }
 
+dhcp_start() {  # $1 client, $2 key, $3 interface
+  local log=$STATE/$2.log RESOLV=/etc/netns/$2/resolv.conf
+  [[ $2 != host ]] || RESOLV=$STATE/host.resolv.conf
+  [[ -e $RESOLV ]] || { mkdir -p "${RESOLV%/*}" && : >"$RESOLV"; }  # exists before the client starts
+  client_files "$@"
+  rm -f "$LEASEFILE"
+  case $1 in
+    udhcpc)  # in the foreground of its own session: never blocks this script, keeps trying until it has a lease
+      local enter=()
+      [[ $2 == host ]] || enter=(nsenter --net="/run/netns/$2")
+      MULTIIP_RESOLV=$RESOLV MULTIIP_LEASE=$LEASEFILE setsid "${enter[@]}" \
+        udhcpc -f -i "$3" -p "$PIDFILE" -s "$STATE/udhcpc.script" -R -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 &
+      ;;
+    dhclient) resolv_in "$2" dhclient -4 -nw -pf "$PIDFILE" -lf "$LEASEFILE" "$3" >"$log" 2>&1 ;;
+    dhcpcd) resolv_in "$2" dhcpcd -4 -b -A -C hostname "$3" >"$log" 2>&1 ;;
+  esac
+}
+has_lease() {  # $1 client, $2 key, $3 interface
+  client_files "$@"
+  case $1 in
+    dhclient) [[ -s $LEASEFILE && $(<"$LEASEFILE") == *fixed-address* ]] ;;
+    *) [[ -s $LEASEFILE ]] ;;
+  esac
+}
+save_uplink() {
+  mkdir -p "$STATE"
+  addresses_of "$UPLINK" >"$STATE/uplink.addr"
+  routes_of "$UPLINK" >"$STATE/uplink.route"
+  printf '%s\n' "$UPLINK" >"$STATE/uplink"
+}
+
 COUNT=20
-DHCP=auto                 # auto|udhcpc|dhclient|dhcpcd|none (auto: picked where this runs)
-PORT_RANGE=(1024 65535)    # ip_local_port_range inside every namespace
-BRIDGE_TOOL=ip         # ip: iproute2 only; brctl: the seed's brctl commands
-HOST_MODE=move          # move: the uplink's addresses and routes move to the bridge; dhcp: the bridge asks DHCP
+DHCP=auto                 # udhcpc|dhclient|dhcpcd, or auto: the first installed where this runs
 LEASE_TIMEOUT=30           # seconds to wait for every namespace's lease
-TUNE_HOST=0               # 1: raise host-wide ARP/backlog limits for this setup (down restores)
+PORT_RANGE=(1024 65535)    # ip_local_port_range inside every namespace
 
 step 1/6 "preflight: root, tools, uplink"
 need_root
 need_tool ip iproute2
 need_tool nsenter util-linux
 need_tool awk mawk
-[[ $BRIDGE_TOOL != brctl ]] || need_tool brctl bridge-utils
-load_state
-[[ -z $SAVED_BRIDGE || $SAVED_BRIDGE == "$BRIDGE" ]] || die "prefix $PREFIX is already set up on bridge $SAVED_BRIDGE"
-if [[ -n $SAVED_DHCP && $DHCP != "$SAVED_DHCP" ]]; then  # running again: keep the client it chose
-  [[ $DHCP == auto ]] || die "prefix $PREFIX is set up with --dhcp $SAVED_DHCP: take it down first to change that"
-  DHCP=$SAVED_DHCP
+read_record
+if ((${#RECORD[@]} > 0)); then  # running again: the same setup, or refuse
+  [[ ${RECORD[BRIDGE]} == "$BRIDGE" ]] || die "prefix $PREFIX is already set up on bridge ${RECORD[BRIDGE]}"
+  [[ ${RECORD[COUNT]} == "$COUNT" ]] || die "prefix $PREFIX is set up with ${RECORD[COUNT]} namespaces: take it down first to change that"
+  [[ -n $UPLINK ]] || UPLINK=${RECORD[UPLINK]}
+  if [[ $DHCP != "${RECORD[DHCP]}" ]]; then
+    [[ $DHCP == auto ]] || die "prefix $PREFIX is set up with --dhcp ${RECORD[DHCP]}: take it down first to change that"
+    DHCP=${RECORD[DHCP]}
+  fi
 fi
 if [[ $DHCP == auto ]]; then
   for candidate in udhcpc dhclient dhcpcd; do  # udhcpc first: 2.0 MiB RSS per namespace here, dhclient 3.5, dhcpcd 6.9
@@ -268,32 +197,28 @@ case $DHCP in
   dhclient) need_tool dhclient isc-dhcp-client ;;
   dhcpcd) need_tool dhcpcd dhcpcd-base ;;
 esac
-[[ $HOST_MODE != dhcp || $DHCP == udhcpc ]] || need_tool unshare util-linux
-# Inside the namespaces, one perl process enters each in turn (setns) where perl is here, on an
-# architecture whose setns system call number this knows; otherwise one nsenter -> sh -> ip per namespace.
-# MULTIIP_INSIDE=ip chooses the latter.
-SETNS=""
-if [[ ${MULTIIP_INSIDE:-} != ip ]] && command -v perl >/dev/null 2>&1; then
-  case $(perl -MConfig -e 'print $Config{archname}') in
-    x86_64-linux | x86_64-linux-gnu-* | x86_64-linux-thread*) SETNS=308 ;;
-    aarch64-linux* | riscv64-linux* | loongarch64-linux*) SETNS=268 ;;
-    i[3-6]86-linux*) SETNS=346 ;;
-    arm-linux* | armv[5-8]*-linux*) SETNS=375 ;;
-    powerpc*-linux* | ppc*-linux*) SETNS=350 ;;
-    s390x-linux*) SETNS=339 ;;
-  esac
-  # and that it works here: entering the namespace this already runs in changes nothing
-  [[ -z $SETNS ]] || perl -e 'open(my $f, "<", "/proc/self/ns/net") or exit 1;
-    exit(syscall($ARGV[0] + 0, fileno($f), 0x40000000) == 0 ? 0 : 1)' "$SETNS" 2>/dev/null || SETNS=""
+# What exists already: namespaces, links and their masters (one listing each, not one `ip` per name).
+declare -A have=() links=() masters=()
+while read -r name _; do have[$name]=1; done < <(ip netns list)
+while read -r _ name rest; do
+  name=${name%:}
+  name=${name%@*}
+  links[$name]=1
+  if [[ $rest =~ \ master\ ([^ ]+) ]]; then masters[$name]=${BASH_REMATCH[1]}; fi
+done < <(ip -o link show)
+if ((${#RECORD[@]} == 0)); then  # a new setup: names that exist already belong to something else
+  for ((i = 0; i < COUNT; i++)); do
+    [[ -z ${have[$PREFIX$i]:-} ]] || die "namespace $PREFIX$i exists and is not from a setup of prefix $PREFIX: choose another --prefix"
+    [[ -z ${links[$PORT$i]:-} ]] || die "interface $PORT$i exists and is not from a setup of prefix $PREFIX: choose another --prefix"
+  done
 fi
-if [[ -n $SETNS ]]; then ENTER="one perl process enters each"; else ENTER="one nsenter per namespace"; fi
 if [[ -z $UPLINK ]]; then
   UPLINK=$(ip -4 route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }')
   [[ -n $UPLINK ]] || die "no default route to find the uplink by: name it with --uplink"
 fi
 SHARED_STATE=""  # another setup's state directory, when this one joins its bridge
-if [[ $UPLINK == "$BRIDGE" ]]; then  # another setup already moved the uplink into this bridge: its state says which
-  for env in /run/multiip/*/setup.env; do
+if [[ $UPLINK == "$BRIDGE" ]]; then  # another setup already moved the uplink into this bridge: its record says which
+  for env in "${STATE%/*}"/*/setup.env; do
     [[ -r $env ]] && grep -qx "BRIDGE=$BRIDGE" "$env" || continue
     UPLINK=$(sed -n 's/^UPLINK=//p' "$env")
     SHARED_STATE=${env%/setup.env}
@@ -303,11 +228,25 @@ if [[ $UPLINK == "$BRIDGE" ]]; then  # another setup already moved the uplink in
 fi
 link_exists "$UPLINK" || die "uplink $UPLINK does not exist"
 ip -o link show dev "$UPLINK" | grep -q ' link/ether ' || die "uplink $UPLINK is not an Ethernet device"
+SYSFS=${MULTIIP_SYSFS:-/sys}  # tests point this elsewhere
+if [[ -e $SYSFS/class/net/$UPLINK/wireless || -e $SYSFS/class/net/$UPLINK/phy80211 ]]; then
+  die "uplink $UPLINK is a Wi-Fi station, which cannot be a bridge port (an access point takes one MAC per station): nothing was changed"
+fi
 UPLINK_MASTER=$(link_master "$UPLINK")
 [[ -z $UPLINK_MASTER || $UPLINK_MASTER == "$BRIDGE" ]] || die "uplink $UPLINK is already a port of $UPLINK_MASTER"
 if link_exists "$BRIDGE" && ! ip -d -o link show dev "$BRIDGE" | grep -q ' bridge '; then
   die "$BRIDGE exists and is not a bridge"
 fi
+
+# Each namespace's MAC is derived from (uplink MAC, prefix, index): locally administered, unicast, the
+# same on every run, so the DHCP server (which keys leases by MAC and client id) gives a setup run again
+# after a crash or a reboot the leases it had, instead of new ones from a small pool.
+UPLINK_MAC=$(ip -o link show dev "$UPLINK" | sed -n 's/.* link\/ether \([^ ]*\) .*/\1/p')
+seed="$UPLINK_MAC/$PREFIX" HASH=2166136261  # 32-bit FNV-1a of the pair
+for ((k = 0; k < ${#seed}; k++)); do
+  printf -v c '%d' "'${seed:k:1}"
+  HASH=$(( ((HASH ^ c) * 16777619) & 0xffffffff ))
+done
 
 # Each namespace needs ARP entries (its gateway, the server if it is on the LAN) and one broadcast
 # reaches every bridge port at once: the host-wide limits, and what this count needs of them.
@@ -322,23 +261,24 @@ if [[ -r $SYSCTL/${HOST_LIMITS[2]} && -r $SYSCTL/${HOST_LIMITS[3]} ]]; then
     read -r have_value <"$SYSCTL/${HOST_LIMITS[k]}"
     if ((have_value < NEED[k])); then short+=" ${HOST_LIMITS[k]//\//.}=$have_value (needs ${NEED[k]})"; fi
   done
-  if [[ -n $short && $TUNE_HOST != 1 ]]; then
-    die "$COUNT namespaces outgrow host-wide limits:$short; ARP entries and DHCP broadcasts would be dropped. Pass --tune-host to raise them for this setup (down restores them), or raise them yourself"
-  fi
-elif [[ $TUNE_HOST == 1 ]]; then
-  die "--tune-host changes host-wide limits, which this network namespace cannot see: run it in the host's own"
+  [[ -z $short ]] || die "$COUNT namespaces outgrow host-wide limits:$short; ARP entries and DHCP broadcasts would be dropped. Pass --tune-host to raise them for this setup (down restores them), or raise them yourself"
 elif ((COUNT >= 500)); then
   say "cannot see the host-wide gc_thresh3 and netdev_max_backlog from here: the host's must fit $COUNT namespaces"
 fi
 
-step 2/6 "save $UPLINK's addresses and routes to $STATE"
+step 2/6 "record the setup in $STATE, save $UPLINK's addresses and routes"
 mkdir -p "$STATE"
 if [[ $UPLINK_MASTER != "$BRIDGE" ]]; then
   save_uplink
 elif [[ ! -e $STATE/uplink && -n $SHARED_STATE ]]; then
   cp "$SHARED_STATE/uplink" "$SHARED_STATE/uplink.addr" "$SHARED_STATE/uplink.route" "$STATE/"  # whoever goes last restores it
 fi
-printf 'UPLINK=%s\nBRIDGE=%s\nDHCP=%s\nHOST_MODE=%s\nCOUNT=%s\n' "$UPLINK" "$BRIDGE" "$DHCP" "$HOST_MODE" "$COUNT" >"$STATE/setup.env"
+for ((i = 0; i < COUNT; i++)); do
+  client_files "$DHCP" "$PREFIX$i" "$INSIDE$i"
+  printf '%s %s %s %s %s\n' "$PREFIX$i" "$INSIDE$i" "$PORT$i" "$PIDFILE" "$LEASEFILE"
+done >"$STATE/namespaces"
+printf '%s\n' "PREFIX=$PREFIX" "BRIDGE=$BRIDGE" "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" >"$STATE/setup.env.new"
+mv -f "$STATE/setup.env.new" "$STATE/setup.env"
 if [[ $DHCP == udhcpc ]]; then
   cat >"$STATE/udhcpc.script" <<'UDHCPC'
 #!/bin/sh
@@ -376,186 +316,50 @@ UDHCPC
   chmod 0755 "$STATE/udhcpc.script"
 fi
 
-if [[ $TUNE_HOST == 1 ]]; then
-  [[ -s $STATE/host-limits ]] || for key in "${HOST_LIMITS[@]}"; do
-    read -r value <"$SYSCTL/$key"
-    printf '%s %s\n' "$key" "$value"
-  done >"$STATE/host-limits"
-  for k in "${!HOST_LIMITS[@]}"; do
-    read -r value <"$SYSCTL/${HOST_LIMITS[k]}"
-    if ((value < NEED[k])); then
-      printf '%s\n' "${NEED[k]}" >"$SYSCTL/${HOST_LIMITS[k]}"
-      say "raised ${HOST_LIMITS[k]//\//.} from $value to ${NEED[k]} (down restores it)"
-    fi
-  done
-fi
-
 step 3/6 "bridge $BRIDGE (STP off)"
 if ! link_exists "$BRIDGE"; then
-  if [[ $BRIDGE_TOOL == brctl ]]; then
-    brctl addbr "$BRIDGE"
-    brctl stp "$BRIDGE" off
-    brctl setfd "$BRIDGE" 0
-  else
-    ip link add name "$BRIDGE" type bridge stp_state 0 forward_delay 0
-  fi
+  ip link add name "$BRIDGE" type bridge stp_state 0 forward_delay 0
   # The bridge answers with the uplink's MAC, so the LAN and its DHCP server keep seeing the same host.
-  ip link set dev "$BRIDGE" address "$(ip -o link show dev "$UPLINK" | sed -n 's/.* link\/ether \([^ ]*\) .*/\1/p')"
+  ip link set dev "$BRIDGE" address "$UPLINK_MAC"
 fi
 ip link set dev "$BRIDGE" up
 
-step 4/6 "$COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)), veths ${INSIDE}N/${PORT}N on $BRIDGE, ports ${PORT_RANGE[0]}-${PORT_RANGE[1]} ($ENTER)"
-declare -A have=() links=() masters=()
-while read -r name _; do have[$name]=1; done < <(ip netns list)
-while read -r _ name rest; do
-  name=${name%:}
-  name=${name%@*}
-  links[$name]=1
-  if [[ $rest =~ \ master\ ([^ ]+) ]]; then masters[$name]=${BASH_REMATCH[1]}; fi
-done < <(ip -o link show)
-if [[ -n $SETNS ]]; then
-  cat >"$STATE/inside.pl" <<'PERL'
-#!/usr/bin/perl
-# multiip's namespace helper, written by the setup script. For every line "NS DEVICE [ADDRESS PREFIXLEN
-# [GATEWAY]]" on stdin it enters the network namespace /run/netns/NS (setns) and does there what these
-# commands do, which is what the script runs instead, one nsenter per namespace, where perl is missing:
-#   printf '%s\t%s\n' LOW HIGH >/proc/sys/net/ipv4/ip_local_port_range
-#   ip link set dev lo up
-#   ip link set dev DEVICE addrgenmode none
-#   ip link set dev DEVICE up
-#   ip address replace ADDRESS/PREFIXLEN dev DEVICE
-#   ip route replace default via GATEWAY dev DEVICE
-# One process for many namespaces, rather than nsenter, sh and ip for each: those processes were most
-# of the time a thousand namespaces took. Arguments: the setns system call's number here, the port range.
-use strict;
-use warnings;
-use Errno ();
-use Socket qw(AF_INET SOCK_DGRAM SOCK_RAW inet_aton);
-
-my ($SETNS, $LOW, $HIGH) = @ARGV;
-my ($CLONE_NEWNET, $AF_NETLINK, $AF_INET6, $SIOCGIFINDEX, $IFF_UP) = (0x40000000, 16, 10, 0x8933, 1);
-my ($RTM_NEWLINK, $RTM_NEWADDR, $RTM_NEWROUTE, $NLMSG_ERROR) = (16, 20, 24, 2);
-my ($NLM_F_REQUEST, $NLM_F_ACK, $NLM_F_REPLACE, $NLM_F_CREATE) = (1, 4, 0x100, 0x400);
-my ($IFA_ADDRESS, $IFA_LOCAL, $RTA_OIF, $RTA_GATEWAY) = (1, 2, 4, 5);
-my ($IFLA_AF_SPEC, $IFLA_INET6_ADDR_GEN_MODE, $IN6_ADDR_GEN_MODE_NONE) = (26, 8, 1);
-my ($RT_TABLE_MAIN, $RTPROT_BOOT, $RT_SCOPE_UNIVERSE, $RTN_UNICAST) = (254, 3, 0, 1);
-my ($ns, $seq) = ('', 0);
-
-sub fail { print STDERR "multiip: error: in namespace $ns: @_\n"; exit 1; }
-
-sub attribute {    # a netlink attribute, padded to 4 bytes
-    my ($type, $data) = @_;
-    my $length = 4 + length $data;
-    return pack('SS', $length, $type) . $data . ("\0" x (-$length % 4));
-}
-
-sub request {    # one rtnetlink request on $socket and its acknowledgement: 0, or the error number
-    my ($socket, $type, $flags, $body) = @_;
-    my $header = pack('LSSLL', 16 + length $body, $type, $NLM_F_REQUEST | $NLM_F_ACK | $flags, ++$seq, 0);
-    send($socket, $header . $body, 0) or return $! + 0;
-    defined(recv($socket, my $reply, 65536, 0)) or return $! + 0;
-    my (undef, $reply_type, undef, undef, undef, $error) = unpack('LSSLLl', $reply);
-    return $reply_type == $NLMSG_ERROR ? -$error : 0;
-}
-
-sub link_message {    # ifinfomsg for RTM_NEWLINK: the link $index, with the flags in $up (IFF_UP or 0) changed
-    my ($index, $up) = @_;
-    return pack('CxSlLL', 0, 0, $index, $up, $up);
-}
-
-sub done {    # $what (the ip command it stands for), the error number
-    my ($what, $error) = @_;
-    return if !$error;
-    $! = $error;
-    fail("$what: $!");
-}
-
-while (my $line = <STDIN>) {
-    my ($device, $address, $prefixlen, $gateway);
-    ($ns, $device, $address, $prefixlen, $gateway) = split ' ', $line;
-    next unless defined $device;
-    open(my $handle, '<', "/run/netns/$ns") or fail("$!");
-    syscall($SETNS + 0, fileno($handle), $CLONE_NEWNET) == 0 or fail("setns: $!");
-    close $handle;
-
-    open(my $range, '>', '/proc/sys/net/ipv4/ip_local_port_range') or fail("ip_local_port_range: $!");
-    print {$range} "$LOW\t$HIGH\n";
-    close $range or fail("ip_local_port_range: $!");
-
-    # both sockets are made after setns: they belong to this namespace
-    socket(my $inet, AF_INET, SOCK_DGRAM, 0) or fail("socket: $!");
-    socket(my $rtnl, $AF_NETLINK, SOCK_RAW, 0) or fail("netlink socket: $!");
-    my $request = pack('Z16 x24', $device);
-    ioctl($inet, $SIOCGIFINDEX, $request) or fail("$device: $!");
-    my $index = unpack('x16 l', $request);
-
-    done('ip link set dev lo up', request($rtnl, $RTM_NEWLINK, 0, link_message(1, $IFF_UP)));
-    # addrgenmode none before up, in its own request: in one request the kernel brings the link up first,
-    # and it can get an IPv6 link-local address (then DAD and MLD packets flood the bridge)
-    my $no_link_local = attribute($IFLA_AF_SPEC,
-        attribute($AF_INET6, attribute($IFLA_INET6_ADDR_GEN_MODE, pack('C', $IN6_ADDR_GEN_MODE_NONE))));
-    my $error = request($rtnl, $RTM_NEWLINK, 0, link_message($index, 0) . $no_link_local);
-    done("ip link set dev $device addrgenmode none", $error == Errno::EAFNOSUPPORT() ? 0 : $error);  # IPv6 off
-    done("ip link set dev $device up", request($rtnl, $RTM_NEWLINK, 0, link_message($index, $IFF_UP)));
-    if (defined $prefixlen) {
-        my $packed = inet_aton($address) or fail("bad address $address");
-        my $message = pack('CCCCL', AF_INET, $prefixlen, 0, 0, $index);
-        $message .= attribute($IFA_LOCAL, $packed) . attribute($IFA_ADDRESS, $packed);
-        done("ip address replace $address/$prefixlen dev $device",
-            request($rtnl, $RTM_NEWADDR, $NLM_F_CREATE | $NLM_F_REPLACE, $message));
-    }
-    if (defined $gateway) {
-        my $packed = inet_aton($gateway) or fail("bad gateway $gateway");
-        my $message = pack('C8L', AF_INET, 0, 0, 0, $RT_TABLE_MAIN, $RTPROT_BOOT, $RT_SCOPE_UNIVERSE, $RTN_UNICAST, 0);
-        $message .= attribute($RTA_GATEWAY, $packed) . attribute($RTA_OIF, pack('L', $index));
-        done("ip route replace default via $gateway dev $device",
-            request($rtnl, $RTM_NEWROUTE, $NLM_F_CREATE | $NLM_F_REPLACE, $message));
-    }
-    close $rtnl;
-    close $inet;
-}
-PERL
-fi
+step 4/6 "$COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)), veths ${INSIDE}N/${PORT}N on $BRIDGE, ports ${PORT_RANGE[0]}-${PORT_RANGE[1]}"
 make_chunk() {  # $1 first, $2 last + 1: create what is missing in one `ip -batch`, then set up the insides
-  local i batch="" lines="" ns device address prefixlen gateway
+  local i device batch="" mac
   for ((i = $1; i < $2; i++)); do
     [[ -n ${have[$PREFIX$i]:-} ]] || batch+="netns add $PREFIX$i"$'\n'
-    [[ -n ${links[$PORT$i]:-} ]] || batch+="link add $INSIDE$i netns $PREFIX$i type veth peer name $PORT$i"$'\n'
-    if [[ $BRIDGE_TOOL == ip && ${masters[$PORT$i]:-} != "$BRIDGE" ]]; then
-      batch+="link set dev $PORT$i master $BRIDGE"$'\n'
+    if [[ -z ${links[$PORT$i]:-} ]]; then
+      printf -v mac '%02x:%02x:%02x:%02x:%02x:%02x' $(( (HASH >> 24 & 0xfc) | 2 )) $(( HASH >> 16 & 255 )) \
+        $(( HASH >> 8 & 255 )) $(( HASH & 255 )) $(( i >> 8 & 255 )) $(( i & 255 ))
+      batch+="link add $INSIDE$i netns $PREFIX$i address $mac type veth peer name $PORT$i"$'\n'
+      batch+="link set dev $PORT$i alias multiip:$PREFIX:$PREFIX$i:$INSIDE$i"$'\n'
     fi
+    [[ ${masters[$PORT$i]:-} == "$BRIDGE" ]] || batch+="link set dev $PORT$i master $BRIDGE"$'\n'
     batch+="link set dev $PORT$i addrgenmode none"$'\n'"link set dev $PORT$i up"$'\n'
-    lines+="$PREFIX$i $INSIDE$i"$'\n'
   done
   ip -batch - <<<"$batch"
-  if [[ $BRIDGE_TOOL == brctl ]]; then
-    for ((i = $1; i < $2; i++)); do
-      [[ ${masters[$PORT$i]:-} == "$BRIDGE" ]] || brctl addif "$BRIDGE" "$PORT$i"
-    done
-  fi
-  # Inside each namespace (NS DEVICE per line): the port range, lo and the veth
-  # end up without an IPv6 link-local address.
-  if [[ -n $SETNS ]]; then
-    perl "$STATE/inside.pl" "$SETNS" "${PORT_RANGE[@]}" <<<"$lines"
-  else
-    while read -r ns device address prefixlen gateway; do
-      [[ -n $ns ]] || continue
-      batch="link set dev lo up"$'\n'"link set dev $device addrgenmode none"$'\n'"link set dev $device up"$'\n'
-      [[ -z $address ]] || batch+="address replace $address/$prefixlen dev $device"$'\n'
-      [[ -z $gateway ]] || batch+="route replace default via $gateway dev $device"$'\n'
-      nsenter --net="/run/netns/$ns" sh -c \
-        'printf "%s\t%s\n" "$1" "$2" >/proc/sys/net/ipv4/ip_local_port_range && exec ip -batch -' \
-        sh "${PORT_RANGE[0]}" "${PORT_RANGE[1]}" <<<"$batch"
-    done <<<"$lines"
-  fi
+  # Inside each namespace: the port range, then lo and the veth end up (without an IPv6 link-local
+  # address). One nsenter -> sh -> ip per namespace, started by sh
+  # (a small shell forks faster than this one), each with its ip batch as a here-document.
+  local inside="" sysctl="printf '%s\\t%s\\n' ${PORT_RANGE[0]} ${PORT_RANGE[1]} >/proc/sys/net/ipv4/ip_local_port_range"
+  for ((i = $1; i < $2; i++)); do
+    device=$INSIDE$i
+    inside+="nsenter --net=/run/netns/$PREFIX$i sh -c \"$sysctl && exec ip -batch -\" <<'BATCH'"$'\n'
+    inside+="link set dev lo up"$'\n'"link set dev $device addrgenmode none"$'\n'"link set dev $device up"$'\n'
+    inside+="BATCH"$'\n'
+  done
+  sh -e <<<"$inside"
 }
 # In chunks of at most 100, one chunk per core at a time, as many chunks as keep every core busy to
-# the end: most of this is the kernel's work, which runs in parallel. Each chunk's insides are set up
-# right after it is made, while few namespaces exist yet: writing a namespace's sysctl costs a path
-# lookup that grows with the number of namespaces.
-# The veth ends get no IPv6 link-local address (addrgenmode none, set before they go up): otherwise
-# every end coming up floods IPv6 DAD, router and MLD packets over all the bridge's ports, and 1000
-# namespaces slow down quadratically.
+# the end: most of this is the kernel's work and process start-up, which run in parallel. Each chunk's
+# insides are set up right after it is made, while few namespaces exist yet: writing a namespace's
+# sysctl costs a path lookup that grows with the number of namespaces.
+# The veth ends get no IPv6 link-local address (addrgenmode none, in its own request before they go
+# up: in one request the kernel brings the link up first): otherwise every end coming up floods IPv6
+# DAD, router and MLD packets over all the bridge's ports, and 1000 namespaces slow down quadratically.
+# Each namespace is entered with nsenter --net, never `ip netns exec` or `ip -n`, which copy the
+# mount table (one more mount for every namespace).
 CHUNKS=$(( (COUNT + 99) / 100 ))
 CHUNKS=$(( (CHUNKS + CORES - 1) / CORES * CORES ))
 CHUNK=$(( (COUNT + CHUNKS - 1) / CHUNKS ))
@@ -574,7 +378,6 @@ step 5/6 "move $UPLINK into $BRIDGE (its addresses and routes move to the bridge
 if [[ $(link_master "$UPLINK") != "$BRIDGE" ]]; then
   put_back() { say "putting $UPLINK back as it was"; restore_uplink; }
   ROLLBACK=put_back  # if anything here fails, the uplink goes back as it was before the script gives up
-  [[ $BRIDGE_TOOL != brctl ]] || brctl addif "$BRIDGE" "$UPLINK"
   batch="link set dev $UPLINK master $BRIDGE"$'\n'
   while read -r line; do [[ -z $line ]] || batch+="address replace $line dev $BRIDGE"$'\n'; done <"$STATE/uplink.addr"
   while read -r line; do [[ -z $line ]] || batch+="route replace $line dev $BRIDGE"$'\n'; done <"$STATE/uplink.route"

@@ -1,45 +1,35 @@
 #!/usr/bin/env bash
 # multiip 0.1.0: undo a multiip setup: release every DHCP lease, stop the clients, remove the
-# namespaces ${PREFIX}N with their veth pairs and the bridge br0, and give the uplink back its
-# addresses and routes as they were. Works from what it finds on the host, even without the saved state.
+# namespaces its record names with their veth pairs and the bridge br0, and give the uplink back
+# its addresses and routes as they were. Without the record it works from the aliases the setup put
+# on its bridge ports.
 # Rendered by: multiip render --teardown
 set -Eeuo pipefail
 export LC_ALL=C
 
-PREFIX=ns        # namespaces ${PREFIX}0, ${PREFIX}1, ...
-INSIDE=tap  # veth end inside namespace i: ${INSIDE}i
-PORT=br-tap      # veth end on the bridge: ${PORT}i
-BRIDGE=br0
-UPLINK=''        # empty: the interface of the default route, found where this runs
-STATE=/run/multiip/$PREFIX       # pid, lease and saved-uplink files; removed by the teardown
-STEP=preflight
-SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
+say() { printf 'multiip: %s\n' "$*" >&2 || true; }  # || true: a closed stderr must not stop a rollback
+die() { printf 'multiip: error: %s\n' "$*" >&2 || true; exit 2; }
+# shellcheck disable=SC2034 # STEP: named by on_error in the scripts that include _errors.sh.j2
+step() { STEP=$2; printf 'multiip: [%s] %s\n' "$1" "$2" >&2 || true; }
+progress() { printf 'multiip: progress %s %s/%s\n' "$1" "$2" "$3" >&2 || true; }
+trap "" PIPE  # a closed stdout or stderr (a dropped session) fails a write instead of killing the script
 
-say() { printf 'multiip: %s\n' "$*" >&2; }
-die() { printf 'multiip: error: %s\n' "$*" >&2; exit 2; }
-step() { STEP=$2; printf 'multiip: [%s] %s\n' "$1" "$2" >&2; }
-progress() { printf 'multiip: progress %s %s/%s\n' "$1" "$2" "$3" >&2; }
+STEP=preflight  # set by step(), named by on_error
 ROLLBACK=""  # a function to call before exiting on an error, while a step can be undone
 BACKGROUND=()  # pids of background jobs (throttle below), waited for on an error or an interruption
 on_error() {
-  trap - ERR INT TERM HUP
+  trap - ERR
+  trap '' INT TERM HUP  # the rollback below runs to its end, whatever else arrives
   if ((${#BACKGROUND[@]} > 0)); then wait "${BACKGROUND[@]}" 2>/dev/null || true; fi  # none outlives the script
-  if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"\n' "$STEP" >&2
-  else printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2; fi
+  if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"\n' "$STEP" >&2 || true
+  else printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2 || true; fi
   if [[ -n $ROLLBACK ]]; then "$ROLLBACK"; fi
   exit "$1"
 }
 trap 'on_error $? $LINENO' ERR
 trap 'on_error 130 $LINENO' INT TERM HUP  # Ctrl-C, kill, a dropped SSH session: same rollback
 
-need_root() { [[ $EUID -eq 0 ]] || die "run this as root: it changes network interfaces"; }
-need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
-link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
-link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
-
 # throttle N after starting a background job: at most N run at a time; a failed job fails the script.
-# On an error or an interruption the jobs in flight are waited for (a chunk of namespaces being made
-# finishes first).
 CORES=$(nproc 2>/dev/null || echo 1)
 RUNNING=0
 throttle() {
@@ -49,38 +39,36 @@ throttle() {
 }
 drain() { while ((RUNNING > 0)); do wait -n; RUNNING=$((RUNNING - 1)); done; }
 
-# Our namespaces on this host: ${PREFIX} followed by digits only.
-our_namespaces() {
-  local name rest
-  while read -r name rest; do
-    if [[ $name == "$PREFIX"* && ${name#"$PREFIX"} =~ ^(0|[1-9][0-9]*)$ ]]; then printf '%s\n' "$name"; fi
-  done < <(ip netns list 2>/dev/null)
-}
+PREFIX=ns        # namespaces ${PREFIX}0, ${PREFIX}1, ...
+BRIDGE=br0
+UPLINK=''        # empty: the interface of the default route, found where this runs
+STATE=/run/multiip/ns  # the setup's record, pid, lease and saved-uplink files
+SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
-# What an earlier setup of this prefix recorded: its uplink (unless given), bridge and DHCP client.
-SAVED_BRIDGE="" SAVED_DHCP=""
-load_state() {
+need_root() { [[ $EUID -eq 0 ]] || die "run this as root: it changes network interfaces"; }
+need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
+link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
+link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
+
+# The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
+#   $STATE/setup.env   KEY=VALUE: PREFIX BRIDGE UPLINK DHCP COUNT
+#   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
+# A setup's namespaces are the ones its record names, never a name pattern. Each bridge port also
+# carries the alias multiip:PREFIX:NAME:INSIDE, from which the teardown rebuilds a lost record.
+declare -A RECORD=()
+read_record() {  # sets RECORD[KEY] from setup.env
   local key value
+  RECORD=()
   [[ -r $STATE/setup.env ]] || return 0
-  while IFS='=' read -r key value; do
-    case $key in
-      UPLINK) [[ -n $UPLINK ]] || UPLINK=$value ;;
-      BRIDGE) SAVED_BRIDGE=$value ;;
-      DHCP) SAVED_DHCP=$value ;;
-    esac
-  done <"$STATE/setup.env"
+  while IFS='=' read -r key value; do [[ -z $key ]] || RECORD[$key]=$value; done <"$STATE/setup.env"
 }
 
-# --- DHCP clients. Each namespace's client has its own pid and lease files under $STATE, and its
-# --- resolver file is /etc/netns/<ns>/resolv.conf: the host's /etc/resolv.conf is never written.
-# udhcpc runs our event script, which writes only the files named in MULTIIP_RESOLV and MULTIIP_LEASE;
-# dhclient and dhcpcd run their stock scripts under `ip netns exec`, which bind-mounts
-# /etc/netns/<ns>/resolv.conf over /etc/resolv.conf for them.
-# A client is keyed by its namespace's name, or by "host" for the bridge's own client (--host-dhcp).
-# These helpers set variables (RESOLV, PIDFILE, PID) rather than print: no subshell per namespace.
-resolv_file() {  # $1 key: sets RESOLV
-  if [[ $1 == host ]]; then RESOLV=$STATE/host.resolv.conf; else RESOLV=/etc/netns/$1/resolv.conf; fi
-}
+# Each namespace's client has its own pid and lease files (named in the record) and its resolver file
+# is /etc/netns/<ns>/resolv.conf: the host's /etc/resolv.conf is never written. udhcpc runs our event
+# script, which writes only the files named in MULTIIP_RESOLV and MULTIIP_LEASE; dhclient and dhcpcd
+# run their stock scripts under `ip netns exec`, which bind-mounts /etc/netns/<ns>/resolv.conf over
+# /etc/resolv.conf for them. A client is keyed by its namespace's name, or by "host" for the bridge's.
+# These helpers set variables (RESOLV, PIDFILE, LEASEFILE, PID) rather than print: no subshell each.
 resolv_in() {  # $1 key, then a command: run it there with /etc/resolv.conf bound to the key's own file
   local key=$1
   shift
@@ -88,107 +76,23 @@ resolv_in() {  # $1 key, then a command: run it there with /etc/resolv.conf boun
   else unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$STATE/host.resolv.conf" "$@"
   fi
 }
-pid_file() {  # $1 client, $2 key, $3 interface: sets PIDFILE
-  if [[ $1 == dhcpcd ]]; then PIDFILE=/run/dhcpcd/$3-4.pid; else PIDFILE=$STATE/$2.pid; fi
+client_files() {  # $1 client, $2 key, $3 interface: sets PIDFILE and LEASEFILE
+  case $1 in
+    udhcpc) PIDFILE=$STATE/$2.pid LEASEFILE=$STATE/$2.lease ;;
+    dhclient) PIDFILE=$STATE/$2.pid LEASEFILE=$STATE/$2.leases ;;
+    dhcpcd) PIDFILE=/run/dhcpcd/$3-4.pid LEASEFILE=/var/lib/dhcpcd/$3.lease ;;  # dhcpcd has no option for them
+    *) PIDFILE=- LEASEFILE=- ;;
+  esac
 }
 client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running client's pid, or to ""
   local comm=""
   PID=""
-  pid_file "$@"
+  client_files "$@"
   if [[ -s $PIDFILE ]]; then read -r PID <"$PIDFILE" || true; fi
   if [[ $PID =~ ^[0-9]+$ ]]; then read -r comm 2>/dev/null <"/proc/$PID/comm" || true; fi
   [[ -n $comm && $comm == "$1" ]] || PID=""
 }
 
-dhcp_start() {  # $1 client, $2 key, $3 interface
-  local log=$STATE/$2.log
-  resolv_file "$2"
-  [[ -e $RESOLV ]] || { mkdir -p "${RESOLV%/*}" && : >"$RESOLV"; }  # exists before the client starts
-  pid_file "$@"
-  case $1 in
-    udhcpc)  # in the foreground of its own session: never blocks this script, keeps trying until it has a lease
-      rm -f "$STATE/$2.lease"
-      local enter=()
-      [[ $2 == host ]] || enter=(nsenter --net="/run/netns/$2")
-      MULTIIP_RESOLV=$RESOLV MULTIIP_LEASE=$STATE/$2.lease setsid "${enter[@]}" \
-        udhcpc -f -i "$3" -p "$PIDFILE" -s "$STATE/udhcpc.script" -R -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 &
-      ;;
-    dhclient)
-      rm -f "$STATE/$2.leases"
-      resolv_in "$2" dhclient -4 -nw -pf "$PIDFILE" -lf "$STATE/$2.leases" "$3" >"$log" 2>&1 ;;
-    dhcpcd)
-      rm -f "/var/lib/dhcpcd/$3.lease"
-      resolv_in "$2" dhcpcd -4 -b -A -C hostname "$3" >"$log" 2>&1 ;;
-  esac
-}
-
-has_lease() {  # $1 client, $2 key, $3 interface
-  case $1 in
-    udhcpc) [[ -s $STATE/$2.lease ]] ;;
-    dhclient) [[ -s $STATE/$2.leases && $(<"$STATE/$2.leases") == *fixed-address* ]] ;;
-    dhcpcd) [[ -s /var/lib/dhcpcd/$3.lease ]] ;;
-  esac
-}
-
-dhcp_release() {  # $1 client, $2 key, $3 interface: make the client send DHCPRELEASE and exit; sets PID
-  local log=$STATE/$2.log
-  client_pid "$@"
-  case $1 in
-    udhcpc) if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi ;;  # started with -R: releases on exit
-    dhclient) resolv_in "$2" dhclient -4 -r -pf "$PIDFILE" -lf "$STATE/$2.leases" "$3" >>"$log" 2>&1 || true ;;
-    dhcpcd) resolv_in "$2" dhcpcd -4 -k "$3" >>"$log" 2>&1 || true ;;
-  esac
-}
-
-alive() {  # $1 pid: running (a zombie waiting for its parent to reap it counts as gone)
-  local stat
-  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != Z ]]
-}
-wait_gone() {  # pids...: wait up to 5 s for them to exit
-  local i pid left=("$@")
-  for ((i = 0; i < 100 && ${#left[@]} > 0; i++)); do
-    local still=()
-    for pid in "${left[@]}"; do if alive "$pid"; then still+=("$pid"); fi; done
-    left=("${still[@]}")
-    ((${#left[@]} == 0)) || sleep 0.05
-  done
-}
-
-# NS_PIDS[namespace]="pid pid ...": what runs in each named namespace, from one pass over /proc
-# (one `ip netns pids` per namespace would scan /proc once per namespace).
-declare -A NS_PIDS=()
-map_namespace_pids() {
-  local -A by_inode=()
-  local path inode link pid
-  NS_PIDS=()
-  while read -r path inode; do [[ -z $inode ]] || by_inode[$inode]=${path#/run/netns/}; done \
-    < <(stat -L -c '%n %i' /run/netns/* 2>/dev/null || true)
-  while read -r path link; do
-    inode=${link#net:[}
-    inode=${inode%]}
-    [[ -n $inode && -n ${by_inode[$inode]:-} ]] || continue
-    pid=${path#/proc/}
-    pid=${pid%%/*}
-    NS_PIDS[${by_inode[$inode]}]+="$pid "
-  done < <(find /proc -mindepth 3 -maxdepth 3 -path '/proc/[0-9]*/ns/net' -printf '%p %l\n' 2>/dev/null || true)
-}
-
-# --- Host-wide limits that about 1000 namespaces outgrow: the ARP table (gc_thresh3, 1024 by default)
-# --- and the per-CPU backlog that a broadcast to every bridge port fills (netdev_max_backlog, 1000).
-restore_host_limits() {  # what --tune-host raised, back as it was
-  local key value
-  [[ -s $STATE/host-limits ]] || return 0
-  while read -r key value; do
-    [[ -z $key ]] || printf '%s\n' "$value" >"$SYSCTL/$key"
-  done <"$STATE/host-limits"
-  say "host-wide limits restored: $(tr '\n' ' ' <"$STATE/host-limits")"
-  rm -f "$STATE/host-limits"
-}
-
-# --- The uplink. Its IPv4 addresses and routes are saved before it joins the bridge and put back
-# --- exactly so by the teardown (or by the setup itself if moving it fails).
 addresses_of() {  # $1 device: its IPv4 addresses as arguments for `ip address add`, one per line
   ip -4 -o address show dev "$1" scope global | awk '{
       out = $4
@@ -206,13 +110,6 @@ routes_of() {  # $1 device: its IPv4 routes in the main table but the kernel's o
       for (i = 1; i <= NF; i++) if ($i !~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|notify)$/) out = out (out == "" ? "" : " ") $i
       print out }'
 }
-save_uplink() {
-  mkdir -p "$STATE"
-  addresses_of "$UPLINK" >"$STATE/uplink.addr"
-  routes_of "$UPLINK" >"$STATE/uplink.route"
-  printf '%s\n' "$UPLINK" >"$STATE/uplink"
-}
-
 # Addresses and routes to put back: the saved ones, or (state lost) whatever the bridge carries now.
 uplink_addresses() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.addr"; else addresses_of "$BRIDGE"; fi; }
 uplink_routes() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.route"; else routes_of "$BRIDGE"; fi; }
@@ -236,28 +133,95 @@ restore_uplink() {
   done < <(uplink_addresses)
 }
 
-step 1/5 "preflight: root, tools, what is there"
+dhcp_release() {  # $1 client, $2 key, $3 interface: make the client send DHCPRELEASE and exit; sets PID
+  local log=$STATE/$2.log
+  client_pid "$@"
+  case $1 in
+    udhcpc) if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi ;;  # started with -R: releases on exit
+    dhclient) resolv_in "$2" dhclient -4 -r -pf "$PIDFILE" -lf "$LEASEFILE" "$3" >>"$log" 2>&1 || true ;;
+    dhcpcd) resolv_in "$2" dhcpcd -4 -k "$3" >>"$log" 2>&1 || true ;;
+  esac
+}
+alive() {  # $1 pid: running (a zombie waiting for its parent to reap it counts as gone)
+  local stat
+  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
+}
+wait_gone() {  # pids...: wait up to 5 s for them to exit
+  local i pid left=("$@")
+  for ((i = 0; i < 100 && ${#left[@]} > 0; i++)); do
+    local still=()
+    for pid in "${left[@]}"; do if alive "$pid"; then still+=("$pid"); fi; done
+    left=("${still[@]}")
+    ((${#left[@]} == 0)) || sleep 0.05
+  done
+}
+# NS_PIDS[namespace]="pid pid ...": what runs in each named namespace, from one pass over /proc
+# (one `ip netns pids` per namespace would scan /proc once per namespace).
+declare -A NS_PIDS=()
+map_namespace_pids() {
+  local -A by_inode=()
+  local path inode link pid
+  NS_PIDS=()
+  while read -r path inode; do [[ -z $inode ]] || by_inode[$inode]=${path#/run/netns/}; done \
+    < <(stat -L -c '%n %i' /run/netns/* 2>/dev/null || true)
+  while read -r path link; do
+    inode=${link#net:[}
+    inode=${inode%]}
+    [[ -n $inode && -n ${by_inode[$inode]:-} ]] || continue
+    pid=${path#/proc/}
+    pid=${pid%%/*}
+    NS_PIDS[${by_inode[$inode]}]+="$pid "
+  done < <(find /proc -mindepth 3 -maxdepth 3 -path '/proc/[0-9]*/ns/net' -printf '%p %l\n' 2>/dev/null || true)
+}
+
+step 1/5 "preflight: root, tools, what the record names"
 need_root
 need_tool ip iproute2
 need_tool nsenter util-linux
 need_tool awk mawk
-load_state
-[[ -z $SAVED_BRIDGE ]] || BRIDGE=$SAVED_BRIDGE
-mapfile -t NAMESPACES < <(our_namespaces)
-foreign_ports() {  # sets FOREIGN to the bridge's ports that are not our veths ${PORT}N
+read_record
+declare -A INSIDE_OF=() PORT_OF=()
+NAMESPACES=()
+if ((${#RECORD[@]} > 0)); then
+  BRIDGE=${RECORD[BRIDGE]}
+  [[ -n $UPLINK ]] || UPLINK=${RECORD[UPLINK]}
+  if [[ -r $STATE/namespaces ]]; then
+    while read -r ns inside port _; do
+      NAMESPACES+=("$ns")
+      INSIDE_OF[$ns]=$inside PORT_OF[$ns]=$port
+    done <"$STATE/namespaces"
+  fi
+else  # the record is gone: the setup's bridge ports carry alias multiip:PREFIX:NAMESPACE:INSIDE
+  while read -r _ port rest; do
+    port=${port%:}
+    port=${port%@*}
+    [[ $rest =~ \ alias\ multiip:([^: ]+):([^: ]+):([^: ]+)$ && ${BASH_REMATCH[1]} == "$PREFIX" ]] || continue
+    ns=${BASH_REMATCH[2]}
+    NAMESPACES+=("$ns")
+    INSIDE_OF[$ns]=${BASH_REMATCH[3]} PORT_OF[$ns]=$port
+    if [[ $rest =~ \ master\ ([^ ]+) ]]; then BRIDGE=${BASH_REMATCH[1]}; fi
+  done < <(ip -o link show)
+fi
+declare -A OURS=()
+for ns in "${NAMESPACES[@]}"; do OURS[${PORT_OF[$ns]}]=1; done
+foreign_ports() {  # sets FOREIGN to the bridge's ports that are not this setup's veths
   local name
   FOREIGN=()
   while read -r _ name _; do
     name=${name%:}
     name=${name%@*}
-    [[ $name =~ ^${PORT//./\\.}[0-9]+$ ]] || FOREIGN+=("$name")
+    [[ -n ${OURS[$name]:-} ]] || FOREIGN+=("$name")
   done < <(ip -o link show master "$BRIDGE")
 }
 if link_exists "$BRIDGE" && [[ -z $UPLINK ]]; then
-  foreign_ports  # state lost: the uplink is the bridge's port that is not one of our veths
+  foreign_ports  # record lost: the uplink is the bridge's port that is not one of our veths
   UPLINK=${FOREIGN[0]:-}
 fi
-say "found ${#NAMESPACES[@]} namespaces, bridge ${BRIDGE}$(link_exists "$BRIDGE" || echo ' (absent)'), uplink ${UPLINK:-(none)}"
+present=()
+for ns in "${NAMESPACES[@]}"; do [[ ! -e /run/netns/$ns ]] || present+=("$ns"); done
+say "found ${#present[@]} of ${#NAMESPACES[@]} namespaces, bridge ${BRIDGE}$(link_exists "$BRIDGE" || echo ' (absent)'), uplink ${UPLINK:-(none)}"
 mkdir -p "$STATE"
 
 step 2/5 "release DHCP leases and stop the clients"
@@ -265,7 +229,7 @@ map_namespace_pids
 client_of() {  # $1 namespace, $2 interface: sets CLIENT and PID, from its pid file or what runs there
   local c pid comm
   CLIENT=""
-  for c in ${SAVED_DHCP:-} udhcpc dhclient dhcpcd; do
+  for c in ${RECORD[DHCP]:-}; do
     client_pid "$c" "$1" "$2"
     if [[ -n $PID ]]; then CLIENT=$c; return 0; fi
   done
@@ -275,16 +239,15 @@ client_of() {  # $1 namespace, $2 interface: sets CLIENT and PID, from its pid f
   done
 }
 clients=() udhcpcs=()
-for ns in "${NAMESPACES[@]}"; do
+for ns in "${present[@]}"; do
   [[ -n ${NS_PIDS[$ns]:-} ]] || continue  # every client runs inside its namespace: none runs in this one
-  dev=$INSIDE${ns#"$PREFIX"}
-  client_of "$ns" "$dev"
+  client_of "$ns" "${INSIDE_OF[$ns]}"
   [[ -n $CLIENT ]] || continue
   clients+=("$PID")
   if [[ $CLIENT == udhcpc ]]; then
     udhcpcs+=("$PID")  # started with -R: it sends its DHCPRELEASE when it exits on SIGTERM
   else
-    dhcp_release "$CLIENT" "$ns" "$dev" &
+    dhcp_release "$CLIENT" "$ns" "${INSIDE_OF[$ns]}" &
     throttle $((4 * CORES))  # DHCP clients mostly wait: four per core
   fi
 done
@@ -304,7 +267,7 @@ progress released "${#clients[@]}" "${#clients[@]}"
 step 3/5 "stop anything else running in the namespaces, then remove them"
 ((${#clients[@]} == 0)) || map_namespace_pids  # what step 2 found still holds if it stopped nothing
 left=()
-for ns in "${NAMESPACES[@]}"; do
+for ns in "${present[@]}"; do
   # shellcheck disable=SC2206 # one pid per word
   left+=(${NS_PIDS[$ns]:-})
 done
@@ -315,16 +278,38 @@ if ((${#left[@]} > 0)); then
   kill -KILL "${left[@]}" 2>/dev/null || true
 fi
 batch=""
-for ns in "${NAMESPACES[@]}"; do batch+="netns del $ns"$'\n'; done
+for ns in "${present[@]}"; do batch+="netns del $ns"$'\n'; done
 [[ -z $batch ]] || ip -force -batch - <<<"$batch"
-progress removed "${#NAMESPACES[@]}" "${#NAMESPACES[@]}"
+# The kernel frees the namespaces, and with them the veths, in the background, many at once (deleting
+# 1000 veths one by one takes 20 s): wait for the bridge ends to go, then delete any still held.
+ports_left() {  # sets LEFT to this setup's bridge ends that still exist
+  local name
+  LEFT=()
+  while read -r _ name _; do
+    name=${name%:}
+    name=${name%@*}
+    [[ -z ${OURS[$name]:-} ]] || LEFT+=("$name")
+  done < <(ip -o link show)
+}
+for ((w = 0; w < 100; w++)); do
+  ports_left
+  ((${#LEFT[@]} > 0)) || break
+  sleep 0.1
+done
+if ((${#LEFT[@]} > 0)); then
+  batch=""
+  for name in "${LEFT[@]}"; do batch+="link del dev $name"$'\n'; done
+  ip -force -batch - <<<"$batch"
+fi
+progress removed "${#present[@]}" "${#present[@]}"
 
 step 4/5 "give ${UPLINK:-the uplink} back its addresses and routes, remove $BRIDGE"
 if link_exists "$BRIDGE"; then
   if [[ -s $STATE/host.client ]]; then  # --host-dhcp: the bridge's own client
     dhcp_release "$(<"$STATE/host.client")" host "$BRIDGE"
     if [[ -n $PID ]]; then wait_gone "$PID"; fi
-    rm -f "/var/lib/dhcpcd/$BRIDGE.lease"
+    client_files "$(<"$STATE/host.client")" host "$BRIDGE"
+    rm -f "$LEASEFILE"
   fi
   foreign_ports
   others=""
@@ -339,12 +324,18 @@ elif [[ -n $UPLINK ]] && link_exists "$UPLINK" && [[ -e $STATE/uplink ]]; then
   restore_uplink  # bridge already gone: make sure the uplink has its addresses
 fi
 
-restore_host_limits
+if [[ -s $STATE/host-limits ]]; then  # what --tune-host raised, back as it was
+  while read -r key value; do
+    [[ -z $key ]] || printf '%s\n' "$value" >"$SYSCTL/$key"
+  done <"$STATE/host-limits"
+  say "host-wide limits restored: $(tr '\n' ' ' <"$STATE/host-limits")"
+fi
 
 step 5/5 "remove /etc/netns entries, lease and state files"
 files=() dirs=()
 for ns in "${NAMESPACES[@]}"; do
-  files+=("/etc/netns/$ns/resolv.conf" "/var/lib/dhcpcd/$INSIDE${ns#"$PREFIX"}.lease")
+  client_files dhcpcd "$ns" "${INSIDE_OF[$ns]}"  # dhcpcd keeps its own files per interface
+  files+=("/etc/netns/$ns/resolv.conf" "$LEASEFILE" "$PIDFILE")
   dirs+=("/etc/netns/$ns")
 done
 if ((${#files[@]} > 0)); then
@@ -352,4 +343,4 @@ if ((${#files[@]} > 0)); then
   rmdir -- "${dirs[@]}" 2>/dev/null || true  # kept where someone put other files there
 fi
 rm -rf "$STATE"
-say "removed ${#NAMESPACES[@]} namespaces and $BRIDGE; ${UPLINK:-the uplink} is back as it was"
+say "removed ${#present[@]} namespaces and $BRIDGE; ${UPLINK:-the uplink} is back as it was"
