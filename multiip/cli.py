@@ -252,11 +252,18 @@ def lab_up(
     port: Annotated[int, typer.Option(help="The sink's TCP port.")] = 9000,
     leases: Annotated[int, typer.Option(help="DHCP leases the server may hand out.")] = 4096,
     capacity: Annotated[int, typer.Option(help="Connections the sink must be able to hold.")] = 150_000,
+    manager: Annotated[
+        str,
+        typer.Option(help="What gives the lab host's eth0 its address: static, dhclient, udhcpc or NetworkManager."),
+    ] = "static",
 ) -> None:
-    """Bring up the lab: LAN namespace (dnsmasq, TCP sink) and host namespace (uplink eth0)."""
+    """Bring up the lab: LAN namespace (dnsmasq, TCP sink) and host namespace (uplink eth0).
+
+    Example: sudo multiip lab up --name mlab --manager dhclient
+    """
     from multiip import lab
 
-    the_lab = lab.make_lab(name, port, leases, capacity)
+    the_lab = lab.make_lab(name, port, leases, capacity, manager)
     _need_root("lab up")
     _run(lab.up_script(the_lab), f"multiip: lab {name} up", f"`multiip lab down --name {name}` removes it")
 

@@ -29,6 +29,7 @@ class Lab:
     port: int = 9000
     leases: int = 4096
     capacity: int = 150_000  # connections the sink can hold
+    manager: str = "static"  # what gives the lab host's eth0 its address (MANAGERS)
 
     @property
     def lan_ns(self) -> str:
@@ -49,6 +50,18 @@ class Lab:
     @property
     def host_ip(self) -> ipaddress.IPv4Address:
         return NETWORK[2]
+
+    @property
+    def host_mac(self) -> str:
+        return "02:00:c6:12:00:02"
+
+    @property
+    def lan_ip6(self) -> ipaddress.IPv6Address:
+        return ipaddress.IPv6Address("2001:db8:100::1")  # RFC 3849 documentation range
+
+    @property
+    def host_ip6(self) -> ipaddress.IPv6Address:
+        return ipaddress.IPv6Address("2001:db8:100::2")
 
     @property
     def prefixlen(self) -> int:
@@ -77,15 +90,22 @@ class Lab:
         return sys.executable
 
 
-def make_lab(name: str = "mlab", port: int = 9000, leases: int = 4096, capacity: int = 150_000) -> Lab:
+MANAGERS = ("static", "dhclient", "udhcpc", "NetworkManager")
+
+
+def make_lab(
+    name: str = "mlab", port: int = 9000, leases: int = 4096, capacity: int = 150_000, manager: str = "static"
+) -> Lab:
     options.name(name, "--name", max_len=10)
+    if manager not in MANAGERS:
+        raise MultiipError(f"--manager {manager!r}: choose one of {', '.join(MANAGERS)}")
     if not 1 <= port <= 65535:
         raise MultiipError(f"--port {port}: need 1..65535")
     if not 1 <= leases <= NETWORK.num_addresses - 512:
         raise MultiipError(f"--leases {leases}: need 1..{NETWORK.num_addresses - 512}")
     if capacity < 1:
         raise MultiipError(f"--capacity {capacity}: must be at least 1")
-    return Lab(name=name, port=port, leases=leases, capacity=capacity)
+    return Lab(name=name, port=port, leases=leases, capacity=capacity, manager=manager)
 
 
 def up_script(lab: Lab) -> str:

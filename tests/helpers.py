@@ -35,6 +35,11 @@ def ours(prefix: str) -> list[str]:
     return [n for n in netns_names() if n.startswith(prefix) and n[len(prefix) :].isdigit()]
 
 
+def flags(address: dict[str, Any]) -> tuple[str, ...]:
+    """An address's flags that a move must keep (not its lifetimes, which a DHCP client renews)."""
+    return tuple(k for k in ("dynamic", "noprefixroute", "nodad", "secondary") if address.get(k))
+
+
 def host_state(netns: str, prefix: str) -> dict[str, Any]:
     """The lab host's network and the setup's namespaces, without what differs between equal setups (MACs,
     interface indexes, timers)."""
@@ -43,11 +48,18 @@ def host_state(netns: str, prefix: str) -> dict[str, Any]:
         for x in ip_json("-d", "link", "show", netns=netns)
     )
     addrs = sorted(
-        (x["ifname"], a["local"], a["prefixlen"], a.get("broadcast"))
-        for x in ip_json("-4", "address", "show", netns=netns)
+        (x["ifname"], a["local"], a["prefixlen"], a.get("broadcast"), flags(a))
+        for x in ip_json("address", "show", netns=netns)
         for a in x.get("addr_info", [])
+        if a.get("scope") != "link"
     )
-    routes = sorted(json.dumps(r, sort_keys=True) for r in ip_json("-4", "route", "show", netns=netns))
+    routes = sorted(
+        json.dumps(r, sort_keys=True)
+        for family in ("-4", "-6")
+        for r in ip_json(family, "route", "show", "table", "all", netns=netns)
+        if r.get("table") != "local"
+    )
+    rules = [ip_json(family, "rule", "show", netns=netns) for family in ("-4", "-6")]
     ports_ipv6 = sorted(  # the bridge ports: none may have an IPv6 link-local address
         (x["ifname"], a["local"])
         for x in ip_json("-6", "address", "show", netns=netns)
@@ -72,7 +84,10 @@ def host_state(netns: str, prefix: str) -> dict[str, Any]:
             "ports": sh("cat", "/proc/sys/net/ipv4/ip_local_port_range", netns=ns).stdout.split(),
             "resolv.conf": Path(f"/etc/netns/{ns}/resolv.conf").exists(),
         }
-    return {"links": links, "addresses": addrs, "routes": routes, "ports_ipv6": ports_ipv6, "namespaces": inside}
+    return {
+        "links": links, "addresses": addrs, "routes": routes, "rules": rules, "ports_ipv6": ports_ipv6,
+        "namespaces": inside,
+    }  # fmt: skip
 
 
 def leftovers(prefix: str, netns: str) -> list[str]:

@@ -237,7 +237,9 @@ def test_host_dhcp_mode_the_seeds_way(lab: labmod.Lab, prefix: str) -> None:
     before = host_state(lab.host_ns, prefix)
     multiip("run", "--prefix", prefix, "--count", "2", "--host-dhcp", "--dhcp", "dhclient", "--yes", netns=lab.host_ns)
     br = next(iter(ip_json("-4", "address", "show", "dev", "br0", netns=lab.host_ns)))
-    assert ipaddress.IPv4Address(br["addr_info"][0]["local"]) >= lab.dhcp_first  # the bridge asked DHCP
+    assert br["addr_info"][0]["local"] == str(lab.host_ip)  # what the LAN gives the host's MAC
+    acks = re.findall(rf"DHCPACK\(lan0\) {re.escape(str(lab.host_ip))} {lab.host_mac}", (lab.state_dir / "dnsmasq.log").read_text())
+    assert acks, "the bridge asked DHCP"
     assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "br0"
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
     assert_clean(lab, prefix, before)
@@ -365,7 +367,7 @@ def test_confirm_puts_the_uplink_back_without_an_answer_and_keeps_it_with_one(
 
     silent = subprocess.run(f"(sleep 5) | script -qec '{in_pty}' /dev/null", shell=True, capture_output=True, text=True)
     assert "not confirmed within 2 s: eth0 is back as it was" in silent.stdout, silent.stdout
-    uplink = [(n, a, p) for n, a, p, _ in host_state(lab.host_ns, prefix)["addresses"]]
+    uplink = [(n, a, p) for n, a, p, *_ in host_state(lab.host_ns, prefix)["addresses"]]
     assert ("eth0", str(lab.host_ip), 15) in uplink and not any(n == "br0" for n, _, _ in uplink)
     assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "eth0"
 

@@ -23,9 +23,15 @@ on_error() {
   if ((${#BACKGROUND[@]} > 0)); then wait "${BACKGROUND[@]}" 2>/dev/null || true; fi  # none outlives the script
   if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"\n' "$STEP" >&2 || true
   else printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2 || true; fi
-  if [[ -n $ROLLBACK ]]; then "$ROLLBACK"; fi
   exit "$1"
 }
+rollback() {  # on every exit while ROLLBACK names a function: an error, a signal, or die
+  local undo=$ROLLBACK
+  ROLLBACK=""
+  trap '' INT TERM HUP
+  if [[ -n $undo ]]; then "$undo"; fi
+}
+trap rollback EXIT
 trap 'on_error $? $LINENO' ERR
 trap 'on_error 130 $LINENO' INT TERM HUP  # Ctrl-C, kill, a dropped SSH session: same rollback
 
@@ -95,47 +101,140 @@ client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running clien
   [[ -n $comm && $comm == "$1" ]] || PID=""
 }
 
-addresses_of() {  # $1 device: its IPv4 addresses as arguments for `ip address add`, one per line
-  ip -4 -o address show dev "$1" scope global | awk '{
-      out = $4
-      for (i = 5; i < NF; i++) {
+# What moves: IPv4 and IPv6 addresses (not link-local ones, which the bridge makes itself from the same
+# MAC, nor IPv6 ones the kernel made from router advertisements), with their flags and lifetimes; the
+# routes of every table and protocol that leave by the uplink, except the kernel's own (table local,
+# IPv6 link-local and prefix routes, router advertisements); the ip rules that name it (iif/oif).
+addresses_of() {  # $1 device: `ip address replace` arguments, one address per line
+  ip -o address show dev "$1" | awk '
+    ($3 != "inet" && $3 != "inet6") || / scope (link|host) / || ($3 == "inet6" && / dynamic /) { next }
+    { out = $4
+      for (i = 5; i <= NF; i++) {
         if ($i == "brd" || $i == "metric") { out = out " " $i " " $(i + 1); i++ }
         else if ($i == "valid_lft" || $i == "preferred_lft") {
           v = $(i + 1); sub(/sec$/, "", v); if (v != "forever") out = out " " $i " " v; i++ }
-        else if ($i == "noprefixroute") out = out " " $i
+        else if ($i ~ /^(noprefixroute|nodad|home|optimistic|mngtmpaddr)$/) out = out " " $i
       }
       print out }'
 }
-routes_of() {  # $1 device: its IPv4 routes in the main table but the kernel's own, as `ip route` arguments
-  ip -4 -o route show dev "$1" | awk '!/ proto (kernel|dhcp) / {
-      out = ""
-      for (i = 1; i <= NF; i++) if ($i !~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|notify)$/) out = out (out == "" ? "" : " ") $i
+routes_of() {  # $1 device: `ip route replace` arguments, one route per line (IPv6 default as ::/0)
+  { ip -4 -o route show table all dev "$1"; ip -6 -o route show table all dev "$1" | sed 's|^default |::/0 |'; } |
+    awk '/ table local / || / proto ra / || /^fe80::\/64 / || /^(multicast|local|broadcast|anycast) / { next }
+      /:.* proto kernel metric 256 / { next }  # the kernel makes an IPv6 address its prefix route
+      { out = ""
+        for (i = 1; i <= NF; i++) if ($i !~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|notify)$/) out = out (out == "" ? "" : " ") $i
+        print out }'
+}
+rules_of() {  # $1 device, $2 family (4 or 6): `ip rule` arguments (pref N ...) of the rules naming it
+  ip "-$2" rule show | awk -v dev="$1" '{
+      named = 0
+      for (i = 2; i < NF; i++) if (($i == "iif" || $i == "oif") && $(i + 1) == dev) named = 1
+      if (!named) next
+      sub(/:$/, "", $1); out = "pref " $1
+      for (i = 2; i <= NF; i++) if ($i !~ /^\[(detached|unresolved)\]$/) out = out " " $i
       print out }'
 }
-# Addresses and routes to put back: the saved ones, or (state lost) whatever the bridge carries now.
+renamed() {  # $1 line, $2 from, $3 to: the line with iif/oif $2 made $3
+  local line=" $1 "
+  line=${line// iif $2 / iif $3 }
+  line=${line// oif $2 / oif $3 }
+  line=${line# }
+  printf '%s' "${line% }"
+}
+
+# Addresses, routes and rules to put back: the saved ones, or (record lost) what the bridge has now.
 uplink_addresses() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.addr"; else addresses_of "$BRIDGE"; fi; }
 uplink_routes() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.route"; else routes_of "$BRIDGE"; fi; }
+uplink_rules() {  # $1 family: the rules as they name the uplink
+  local line
+  if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.rule$1"; return; fi
+  while read -r line; do renamed "$line" "$BRIDGE" "$UPLINK" && echo; done < <(rules_of "$BRIDGE" "$1")
+}
 
-# Take the uplink out of the bridge and give it back its addresses and routes, in one `ip -batch`
-# so the host is without its address for as short a time as possible.
+# Take the uplink out of the bridge and give it back its addresses, routes and rules, in one `ip -batch`
+# (IPv6 rules in a second) so the host is without its address for as short a time as possible. An
+# address that a DHCP client renewed on the bridge goes back with its lifetime from the bridge.
 restore_uplink() {
-  local batch="link set dev $UPLINK nomaster"$'\n' line
-  while read -r line; do [[ -z $line ]] || batch+="address replace $line dev $UPLINK"$'\n'; done < <(uplink_addresses)
+  local batch="link set dev $UPLINK nomaster"$'\n' line now rules6="" address
+  local -A renewed=()
+  if link_exists "$BRIDGE"; then
+    while read -r line; do [[ $line != *valid_lft* ]] || renewed[${line%% *}]=$line; done < <(addresses_of "$BRIDGE")
+  fi
+  while read -r line; do
+    [[ -n $line ]] || continue
+    address=${line%% *}
+    [[ $line != *valid_lft* || -z ${renewed[$address]:-} ]] || line=${renewed[$address]}
+    batch+="address replace $line dev $UPLINK"$'\n'
+  done < <(uplink_addresses)
   while read -r line; do [[ -z $line ]] || batch+="route replace $line dev $UPLINK"$'\n'; done < <(uplink_routes)
+  while read -r line; do
+    [[ -z $line ]] || batch+="rule del $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'"rule add $line"$'\n'
+  done < <(uplink_rules 4)
+  while read -r line; do
+    [[ -z $line ]] || rules6+="rule del $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'"rule add $line"$'\n'
+  done < <(uplink_rules 6)
   while read -r line; do
     [[ -z $line ]] || batch+="address del ${line%% *} dev $BRIDGE"$'\n'
   done < <(if link_exists "$BRIDGE"; then uplink_addresses; fi)
   batch+="link set dev $UPLINK up"$'\n'
-  ip -force -batch - <<<"$batch" >/dev/null 2>&1 || true  # deleting an address the bridge lacks is fine
+  ip -force -batch - <<<"$batch" >/dev/null 2>&1 || true  # deleting what the bridge lacks is fine
+  [[ -z $rules6 ]] || ip -6 -force -batch - <<<"$rules6" >/dev/null 2>&1 || true
   [[ -z $(link_master "$UPLINK") ]] || die "could not take $UPLINK out of $BRIDGE"
-  local now
-  now=$(ip -4 -o address show dev "$UPLINK")
+  now=$(ip -o address show dev "$UPLINK")
   while read -r line; do
     [[ -z $line || $now == *" ${line%% *} "* ]] || die "could not give ${line%% *} back to $UPLINK"
   done < <(uplink_addresses)
 }
 
-dhcp_start() {  # $1 client, $2 key, $3 interface
+# --- The uplink's manager, recorded as MANAGER: none, NetworkManager, systemd-networkd, or the DHCP
+# --- client (dhclient, dhcpcd, udhcpc) that runs on it. While the setup lives, the manager leaves the
+# --- uplink, the bridge and its ports alone, and the host's lease is renewed on the bridge by a udhcpc
+# --- of ours (the bridge carries the uplink's MAC, so it is the same lease); then the manager gets
+# --- the uplink back as it had it. A manager is never stopped for the whole host.
+NM_CONF=/run/NetworkManager/conf.d/90-multiip-$PREFIX.conf
+NETWORKD_FILE=/run/systemd/network/00-multiip-$PREFIX.network
+leave_alone() {  # $1 manager, $2 interfaces (globs): the manager leaves them alone; none: it has them all back
+  case $1 in
+    NetworkManager)
+      if [[ -n $2 ]]; then
+        mkdir -p "${NM_CONF%/*}"
+        printf '[device-multiip-%s]\nmatch-device=interface-name:%s\nmanaged=0\n' "$PREFIX" "${2// /;interface-name:}" >"$NM_CONF"
+      else rm -f "$NM_CONF"
+      fi
+      nmcli general reload conf ;;
+    systemd-networkd)
+      if [[ -n $2 ]]; then
+        mkdir -p "${NETWORKD_FILE%/*}"
+        printf '[Match]\nName=%s\n\n[Link]\nUnmanaged=yes\n' "$2" >"$NETWORKD_FILE"
+      else rm -f "$NETWORKD_FILE"
+      fi
+      networkctl reload ;;
+  esac
+}
+give_back_to_manager() {  # $1 manager, $2 what it still leaves alone: undo the uplink's handover (also a half one)
+  local argv=() pid
+  client_pid udhcpc host "$BRIDGE"  # ours, renewing the host's lease on the bridge: it goes, no release
+  if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi
+  case $1 in
+    NetworkManager)
+      leave_alone "$1" "$2" || true
+      nmcli device set "$UPLINK" managed yes || true
+      say "NetworkManager manages $UPLINK again" ;;
+    systemd-networkd)
+      leave_alone "$1" "$2" || true
+      say "systemd-networkd manages $UPLINK again" ;;
+    dhclient | dhcpcd | udhcpc)
+      [[ -s $STATE/uplink.client ]] || return 0
+      mapfile -d '' -t argv <"$STATE/uplink.client"
+      for pid in /proc/[0-9]*; do  # running already (given back before)
+        [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || return 0
+      done
+      (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 &)
+      say "$1 runs on $UPLINK again, as it did: ${argv[*]}" ;;
+  esac
+}
+
+dhcp_start() {  # $1 client, $2 key, $3 interface[, $4 the address to ask for]
   local log=$STATE/$2.log RESOLV=/etc/netns/$2/resolv.conf
   [[ $2 != host ]] || RESOLV=$STATE/host.resolv.conf
   [[ -e $RESOLV ]] || { mkdir -p "${RESOLV%/*}" && : >"$RESOLV"; }  # exists before the client starts
@@ -143,10 +242,11 @@ dhcp_start() {  # $1 client, $2 key, $3 interface
   rm -f "$LEASEFILE"
   case $1 in
     udhcpc)  # in the foreground of its own session: never blocks this script, keeps trying until it has a lease
-      local enter=()
-      [[ $2 == host ]] || enter=(nsenter --net="/run/netns/$2")
-      MULTIIP_RESOLV=$RESOLV MULTIIP_LEASE=$LEASEFILE setsid "${enter[@]}" \
-        udhcpc -f -i "$3" -p "$PIDFILE" -s "$STATE/udhcpc.script" -R -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 &
+      local enter=() how=(-R) host=""  # -R: a namespace's lease is released when its client stops
+      # The host's own lease (key host) is never released: the address goes back to the uplink.
+      if [[ $2 == host ]]; then how=(${4:+-r "$4"}) host=1; else enter=(nsenter --net="/run/netns/$2"); fi
+      MULTIIP_RESOLV=$RESOLV MULTIIP_LEASE=$LEASEFILE MULTIIP_HOST=$host setsid "${enter[@]}" \
+        udhcpc -f -i "$3" -p "$PIDFILE" -s "$STATE/udhcpc.script" "${how[@]}" -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 &
       ;;
     dhclient) resolv_in "$2" dhclient -4 -nw -pf "$PIDFILE" -lf "$LEASEFILE" "$3" >"$log" 2>&1 ;;
     dhcpcd) resolv_in "$2" dhcpcd -4 -b -A -C hostname "$3" >"$log" 2>&1 ;;
@@ -159,16 +259,52 @@ has_lease() {  # $1 client, $2 key, $3 interface
     *) [[ -s $LEASEFILE ]] ;;
   esac
 }
-save_uplink() {
+save_uplink() {  # what the uplink carries and who runs it, before anything changes
   mkdir -p "$STATE"
   addresses_of "$UPLINK" >"$STATE/uplink.addr"
   routes_of "$UPLINK" >"$STATE/uplink.route"
+  rules_of "$UPLINK" 4 >"$STATE/uplink.rule4"
+  rules_of "$UPLINK" 6 >"$STATE/uplink.rule6"
+  if [[ -n $MANAGER_PID ]]; then cp "/proc/$MANAGER_PID/cmdline" "$STATE/uplink.client"; fi
   printf '%s\n' "$UPLINK" >"$STATE/uplink"
+}
+# Who manages the uplink: NetworkManager or systemd-networkd (running in this network namespace and
+# managing it), a DHCP client running on it, or nothing. Sets MANAGER and, for a client, MANAGER_PID.
+find_manager() {
+  local me pid comm word named
+  local -a args
+  MANAGER=none MANAGER_PID=""
+  me=$(readlink /proc/self/ns/net)
+  for pid in /proc/[0-9]*; do
+    pid=${pid#/proc/}
+    read -r comm 2>/dev/null <"/proc/$pid/comm" || continue
+    case $comm in NetworkManager | systemd-network* | dhclient | dhcpcd | udhcpc) ;; *) continue ;; esac
+    [[ $(readlink "/proc/$pid/ns/net" 2>/dev/null) == "$me" ]] || continue
+    case $comm in
+      NetworkManager)
+        need_tool nmcli network-manager
+        if [[ $(nmcli -g GENERAL.STATE device show "$UPLINK" 2>/dev/null) != 10\ * ]]; then MANAGER=NetworkManager; return; fi ;;
+      systemd-network*)
+        need_tool networkctl systemd
+        if [[ $(networkctl list --no-legend --no-pager "$UPLINK" 2>/dev/null) =~ \ (configured|configuring|failed)\ *$ ]]; then
+          MANAGER=systemd-networkd
+          return
+        fi ;;
+      *)
+        mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || continue
+        named=""
+        for word in "${args[@]:1}"; do [[ $word != "$UPLINK" ]] || named=1; done
+        if [[ -n $named ]]; then MANAGER=$comm MANAGER_PID=$pid; return; fi
+        if [[ $comm == dhcpcd && ! " ${args[*]:1} " =~ \ [a-z0-9]+[0-9]\  ]]; then  # dhcpcd for every interface
+          die "dhcpcd (pid $pid) manages every interface of this host, $UPLINK too: add 'denyinterfaces $UPLINK $BRIDGE ${PORT}*' to /etc/dhcpcd.conf and restart it, or run it for named interfaces only; nothing was changed"
+        fi ;;
+    esac
+  done
 }
 
 COUNT=20
 DHCP=auto                 # udhcpc|dhclient|dhcpcd, or auto: the first installed where this runs
-LEASE_TIMEOUT=30           # seconds to wait for every namespace's lease
+LEASE_TIMEOUT=30           # seconds to wait for every lease
 PORT_RANGE=(1024 65535)    # ip_local_port_range inside every namespace
 
 step 1/6 "preflight: root, tools, uplink"
@@ -237,6 +373,20 @@ UPLINK_MASTER=$(link_master "$UPLINK")
 if link_exists "$BRIDGE" && ! ip -d -o link show dev "$BRIDGE" | grep -q ' bridge '; then
   die "$BRIDGE exists and is not a bridge"
 fi
+if [[ $UPLINK_MASTER == "$BRIDGE" ]]; then  # moved already: by this setup (its record) or the one sharing the bridge
+  MANAGER=${RECORD[MANAGER]:-none} MANAGER_PID=""
+  [[ -z $SHARED_STATE || ${RECORD[MANAGER]:-} ]] || MANAGER=$(sed -n 's/^MANAGER=//p' "$SHARED_STATE/setup.env")
+else
+  find_manager
+fi
+case $MANAGER in
+  none) handover="nothing manages it (static); its addresses and routes move to the bridge" ;;
+  NetworkManager | systemd-networkd) handover="$MANAGER manages it: it is told to leave $UPLINK, $BRIDGE and ${PORT}* alone, and a udhcpc of ours renews the host's lease on $BRIDGE" ;;
+  *) handover="$MANAGER (pid ${MANAGER_PID:-?}) runs on it: it is stopped without a release, a udhcpc of ours renews the host's lease on $BRIDGE, and down starts it again as it ran" ;;
+esac
+[[ -e /run/network/ifstate ]] && grep -q "^$UPLINK=" /run/network/ifstate && handover+=" (configured by ifupdown)"
+say "uplink $UPLINK: $handover"
+[[ $MANAGER == none ]] || need_tool udhcpc udhcpc
 
 # Each namespace's MAC is derived from (uplink MAC, prefix, index): locally administered, unicast, the
 # same on every run, so the DHCP server (which keys leases by MAC and client id) gives a setup run again
@@ -266,38 +416,48 @@ elif ((COUNT >= 500)); then
   say "cannot see the host-wide gc_thresh3 and netdev_max_backlog from here: the host's must fit $COUNT namespaces"
 fi
 
-step 2/6 "record the setup in $STATE, save $UPLINK's addresses and routes"
+step 2/6 "record the setup in $STATE, save what $UPLINK carries"
 mkdir -p "$STATE"
 if [[ $UPLINK_MASTER != "$BRIDGE" ]]; then
   save_uplink
 elif [[ ! -e $STATE/uplink && -n $SHARED_STATE ]]; then
-  cp "$SHARED_STATE/uplink" "$SHARED_STATE/uplink.addr" "$SHARED_STATE/uplink.route" "$STATE/"  # whoever goes last restores it
+  cp "$SHARED_STATE"/uplink* "$STATE/"  # whoever goes last restores it
 fi
 for ((i = 0; i < COUNT; i++)); do
   client_files "$DHCP" "$PREFIX$i" "$INSIDE$i"
   printf '%s %s %s %s %s\n' "$PREFIX$i" "$INSIDE$i" "$PORT$i" "$PIDFILE" "$LEASEFILE"
 done >"$STATE/namespaces"
-printf '%s\n' "PREFIX=$PREFIX" "BRIDGE=$BRIDGE" "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" >"$STATE/setup.env.new"
+printf '%s\n' "PREFIX=$PREFIX" "BRIDGE=$BRIDGE" "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" "MANAGER=$MANAGER" \
+  >"$STATE/setup.env.new"
 mv -f "$STATE/setup.env.new" "$STATE/setup.env"
-if [[ $DHCP == udhcpc ]]; then
-  cat >"$STATE/udhcpc.script" <<'UDHCPC'
+cat >"$STATE/udhcpc.script" <<'UDHCPC'
 #!/bin/sh
 # udhcpc event script written by multiip. It configures $interface in its namespace and writes the
 # DNS servers to $MULTIIP_RESOLV (/etc/netns/<ns>/resolv.conf) and the lease to $MULTIIP_LEASE,
-# never to /etc/resolv.conf.
+# never to /etc/resolv.conf. Addresses carry the lease's lifetime: renewed while this client runs.
+# For the host's own lease on the bridge (MULTIIP_HOST=1) it only renews the address, keeping its
+# flags (noprefixroute): the routes moved with the uplink, and the address stays until a new lease.
 # Being torn down (the teardown leaves this mark): the namespace goes next, nothing to undo.
 [ ! -e "${MULTIIP_LEASE%/*}/stopping" ] || exit 0
 case "$1" in
   deconfig)
+    [ -z "$MULTIIP_HOST" ] || exit 0
     ip -4 address flush dev "$interface"
     ip link set dev "$interface" up
     rm -f "$MULTIIP_LEASE"
     ;;
   bound|renew)
-    old=$(ip -4 -o address show dev "$interface" | awk '{print $4; exit}')
-    [ "$old" = "$ip/$mask" ] || ip -4 address flush dev "$interface"
-    ip address replace "$ip/$mask" broadcast "${broadcast:-+}" dev "$interface"
-    if [ -n "$router" ]; then ip route replace default via "${router%% *}" dev "$interface"; fi
+    flags=""
+    if [ -n "$MULTIIP_HOST" ]; then
+      case " $(ip -4 -o address show dev "$interface" to "$ip/32") " in *" noprefixroute "*) flags=noprefixroute ;; esac
+    else
+      old=$(ip -4 -o address show dev "$interface" | awk '{print $4; exit}')
+      [ "$old" = "$ip/$mask" ] || ip -4 address flush dev "$interface"
+    fi
+    # shellcheck disable=SC2086 # flags: none or one word
+    ip address replace "$ip/$mask" broadcast "${broadcast:-+}" valid_lft "${lease:-forever}" \
+      preferred_lft "${lease:-forever}" $flags dev "$interface"
+    if [ -z "$MULTIIP_HOST" ] && [ -n "$router" ]; then ip route replace default via "${router%% *}" dev "$interface"; fi
     resolv=""
     [ -z "$domain" ] || resolv="search $domain
 "
@@ -313,8 +473,10 @@ case "$1" in
 esac
 exit 0
 UDHCPC
-  chmod 0755 "$STATE/udhcpc.script"
-fi
+chmod 0755 "$STATE/udhcpc.script"
+# The uplink's manager must not take the bridge or its ports, made next (NetworkManager would start a
+# "Wired connection" with DHCP on each new veth); the uplink itself is handed over in step 5.
+leave_alone "$MANAGER" "$BRIDGE ${PORT}*"
 
 step 3/6 "bridge $BRIDGE (STP off)"
 if ! link_exists "$BRIDGE"; then
@@ -374,16 +536,46 @@ done
 drain
 progress namespaces "$COUNT" "$COUNT"
 
-step 5/6 "move $UPLINK into $BRIDGE (its addresses and routes move to the bridge)"
+step 5/6 "move $UPLINK into $BRIDGE (its addresses, routes and rules move to the bridge)"
 if [[ $(link_master "$UPLINK") != "$BRIDGE" ]]; then
-  put_back() { say "putting $UPLINK back as it was"; restore_uplink; }
+  put_back() { say "putting $UPLINK back as it was"; restore_uplink; give_back_to_manager "$MANAGER" "$BRIDGE ${PORT}*"; }
   ROLLBACK=put_back  # if anything here fails, the uplink goes back as it was before the script gives up
-  batch="link set dev $UPLINK master $BRIDGE"$'\n'
-  while read -r line; do [[ -z $line ]] || batch+="address replace $line dev $BRIDGE"$'\n'; done <"$STATE/uplink.addr"
+  # The manager lets go of the uplink: for the setup's life, without deconfiguring it.
+  case $MANAGER in
+    NetworkManager | systemd-networkd)
+      leave_alone "$MANAGER" "$BRIDGE ${PORT}* $UPLINK"
+      [[ $MANAGER != NetworkManager ]] || nmcli device set "$UPLINK" managed no ;;
+    none) ;;
+    *) kill -KILL "$MANAGER_PID" ;;  # no release, no script: the address stays where it is
+  esac
+  batch="link set dev $UPLINK master $BRIDGE"$'\n' rules6=""
+  while read -r line; do
+    [[ -z $line ]] || batch+="address replace $line dev $BRIDGE"$'\n'"address del ${line%% *} dev $UPLINK"$'\n'
+  done <"$STATE/uplink.addr"
   while read -r line; do [[ -z $line ]] || batch+="route replace $line dev $BRIDGE"$'\n'; done <"$STATE/uplink.route"
-  while read -r line; do [[ -z $line ]] || batch+="address del ${line%% *} dev $UPLINK"$'\n'; done <"$STATE/uplink.addr"
+  while read -r line; do
+    [[ -z $line ]] || batch+="rule del $line"$'\n'"rule add $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'
+  done <"$STATE/uplink.rule4"
+  while read -r line; do
+    [[ -z $line ]] || rules6+="rule del $line"$'\n'"rule add $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'
+  done <"$STATE/uplink.rule6"
   batch+="link set dev $UPLINK up"$'\n'
   ip -batch - <<<"$batch"
+  [[ -z $rules6 ]] || ip -6 -batch - <<<"$rules6"
+  if [[ $MANAGER != none ]]; then  # the host's lease, renewed on the bridge from now on
+    printf '%s\n' udhcpc >"$STATE/host.client"
+    dhcp_start udhcpc host "$BRIDGE" "$(awk '$1 !~ /:/ { sub(/\/.*/, "", $1); print $1; exit }' "$STATE/uplink.addr")"
+  fi
+  host_client=""
+  [[ ! -s $STATE/host.client ]] || read -r host_client <"$STATE/host.client"
+  if [[ -n $host_client ]]; then
+    for ((w = 0; w < LEASE_TIMEOUT * 10; w++)); do
+      if has_lease "$host_client" host "$BRIDGE"; then break; fi
+      sleep 0.1
+    done
+    has_lease "$host_client" host "$BRIDGE" || die "no DHCP lease for the host on $BRIDGE within ${LEASE_TIMEOUT}s"
+    say "the host's lease is renewed on $BRIDGE by $host_client (pid file $STATE/host.pid)"
+  fi
   ROLLBACK=""
 fi
 

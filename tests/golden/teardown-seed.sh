@@ -23,9 +23,15 @@ on_error() {
   if ((${#BACKGROUND[@]} > 0)); then wait "${BACKGROUND[@]}" 2>/dev/null || true; fi  # none outlives the script
   if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"\n' "$STEP" >&2 || true
   else printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2 || true; fi
-  if [[ -n $ROLLBACK ]]; then "$ROLLBACK"; fi
   exit "$1"
 }
+rollback() {  # on every exit while ROLLBACK names a function: an error, a signal, or die
+  local undo=$ROLLBACK
+  ROLLBACK=""
+  trap '' INT TERM HUP
+  if [[ -n $undo ]]; then "$undo"; fi
+}
+trap rollback EXIT
 trap 'on_error $? $LINENO' ERR
 trap 'on_error 130 $LINENO' INT TERM HUP  # Ctrl-C, kill, a dropped SSH session: same rollback
 
@@ -93,44 +99,137 @@ client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running clien
   [[ -n $comm && $comm == "$1" ]] || PID=""
 }
 
-addresses_of() {  # $1 device: its IPv4 addresses as arguments for `ip address add`, one per line
-  ip -4 -o address show dev "$1" scope global | awk '{
-      out = $4
-      for (i = 5; i < NF; i++) {
+# What moves: IPv4 and IPv6 addresses (not link-local ones, which the bridge makes itself from the same
+# MAC, nor IPv6 ones the kernel made from router advertisements), with their flags and lifetimes; the
+# routes of every table and protocol that leave by the uplink, except the kernel's own (table local,
+# IPv6 link-local and prefix routes, router advertisements); the ip rules that name it (iif/oif).
+addresses_of() {  # $1 device: `ip address replace` arguments, one address per line
+  ip -o address show dev "$1" | awk '
+    ($3 != "inet" && $3 != "inet6") || / scope (link|host) / || ($3 == "inet6" && / dynamic /) { next }
+    { out = $4
+      for (i = 5; i <= NF; i++) {
         if ($i == "brd" || $i == "metric") { out = out " " $i " " $(i + 1); i++ }
         else if ($i == "valid_lft" || $i == "preferred_lft") {
           v = $(i + 1); sub(/sec$/, "", v); if (v != "forever") out = out " " $i " " v; i++ }
-        else if ($i == "noprefixroute") out = out " " $i
+        else if ($i ~ /^(noprefixroute|nodad|home|optimistic|mngtmpaddr)$/) out = out " " $i
       }
       print out }'
 }
-routes_of() {  # $1 device: its IPv4 routes in the main table but the kernel's own, as `ip route` arguments
-  ip -4 -o route show dev "$1" | awk '!/ proto (kernel|dhcp) / {
-      out = ""
-      for (i = 1; i <= NF; i++) if ($i !~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|notify)$/) out = out (out == "" ? "" : " ") $i
+routes_of() {  # $1 device: `ip route replace` arguments, one route per line (IPv6 default as ::/0)
+  { ip -4 -o route show table all dev "$1"; ip -6 -o route show table all dev "$1" | sed 's|^default |::/0 |'; } |
+    awk '/ table local / || / proto ra / || /^fe80::\/64 / || /^(multicast|local|broadcast|anycast) / { next }
+      /:.* proto kernel metric 256 / { next }  # the kernel makes an IPv6 address its prefix route
+      { out = ""
+        for (i = 1; i <= NF; i++) if ($i !~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|notify)$/) out = out (out == "" ? "" : " ") $i
+        print out }'
+}
+rules_of() {  # $1 device, $2 family (4 or 6): `ip rule` arguments (pref N ...) of the rules naming it
+  ip "-$2" rule show | awk -v dev="$1" '{
+      named = 0
+      for (i = 2; i < NF; i++) if (($i == "iif" || $i == "oif") && $(i + 1) == dev) named = 1
+      if (!named) next
+      sub(/:$/, "", $1); out = "pref " $1
+      for (i = 2; i <= NF; i++) if ($i !~ /^\[(detached|unresolved)\]$/) out = out " " $i
       print out }'
 }
-# Addresses and routes to put back: the saved ones, or (state lost) whatever the bridge carries now.
+renamed() {  # $1 line, $2 from, $3 to: the line with iif/oif $2 made $3
+  local line=" $1 "
+  line=${line// iif $2 / iif $3 }
+  line=${line// oif $2 / oif $3 }
+  line=${line# }
+  printf '%s' "${line% }"
+}
+
+# Addresses, routes and rules to put back: the saved ones, or (record lost) what the bridge has now.
 uplink_addresses() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.addr"; else addresses_of "$BRIDGE"; fi; }
 uplink_routes() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.route"; else routes_of "$BRIDGE"; fi; }
+uplink_rules() {  # $1 family: the rules as they name the uplink
+  local line
+  if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.rule$1"; return; fi
+  while read -r line; do renamed "$line" "$BRIDGE" "$UPLINK" && echo; done < <(rules_of "$BRIDGE" "$1")
+}
 
-# Take the uplink out of the bridge and give it back its addresses and routes, in one `ip -batch`
-# so the host is without its address for as short a time as possible.
+# Take the uplink out of the bridge and give it back its addresses, routes and rules, in one `ip -batch`
+# (IPv6 rules in a second) so the host is without its address for as short a time as possible. An
+# address that a DHCP client renewed on the bridge goes back with its lifetime from the bridge.
 restore_uplink() {
-  local batch="link set dev $UPLINK nomaster"$'\n' line
-  while read -r line; do [[ -z $line ]] || batch+="address replace $line dev $UPLINK"$'\n'; done < <(uplink_addresses)
+  local batch="link set dev $UPLINK nomaster"$'\n' line now rules6="" address
+  local -A renewed=()
+  if link_exists "$BRIDGE"; then
+    while read -r line; do [[ $line != *valid_lft* ]] || renewed[${line%% *}]=$line; done < <(addresses_of "$BRIDGE")
+  fi
+  while read -r line; do
+    [[ -n $line ]] || continue
+    address=${line%% *}
+    [[ $line != *valid_lft* || -z ${renewed[$address]:-} ]] || line=${renewed[$address]}
+    batch+="address replace $line dev $UPLINK"$'\n'
+  done < <(uplink_addresses)
   while read -r line; do [[ -z $line ]] || batch+="route replace $line dev $UPLINK"$'\n'; done < <(uplink_routes)
+  while read -r line; do
+    [[ -z $line ]] || batch+="rule del $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'"rule add $line"$'\n'
+  done < <(uplink_rules 4)
+  while read -r line; do
+    [[ -z $line ]] || rules6+="rule del $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'"rule add $line"$'\n'
+  done < <(uplink_rules 6)
   while read -r line; do
     [[ -z $line ]] || batch+="address del ${line%% *} dev $BRIDGE"$'\n'
   done < <(if link_exists "$BRIDGE"; then uplink_addresses; fi)
   batch+="link set dev $UPLINK up"$'\n'
-  ip -force -batch - <<<"$batch" >/dev/null 2>&1 || true  # deleting an address the bridge lacks is fine
+  ip -force -batch - <<<"$batch" >/dev/null 2>&1 || true  # deleting what the bridge lacks is fine
+  [[ -z $rules6 ]] || ip -6 -force -batch - <<<"$rules6" >/dev/null 2>&1 || true
   [[ -z $(link_master "$UPLINK") ]] || die "could not take $UPLINK out of $BRIDGE"
-  local now
-  now=$(ip -4 -o address show dev "$UPLINK")
+  now=$(ip -o address show dev "$UPLINK")
   while read -r line; do
     [[ -z $line || $now == *" ${line%% *} "* ]] || die "could not give ${line%% *} back to $UPLINK"
   done < <(uplink_addresses)
+}
+
+# --- The uplink's manager, recorded as MANAGER: none, NetworkManager, systemd-networkd, or the DHCP
+# --- client (dhclient, dhcpcd, udhcpc) that runs on it. While the setup lives, the manager leaves the
+# --- uplink, the bridge and its ports alone, and the host's lease is renewed on the bridge by a udhcpc
+# --- of ours (the bridge carries the uplink's MAC, so it is the same lease); then the manager gets
+# --- the uplink back as it had it. A manager is never stopped for the whole host.
+NM_CONF=/run/NetworkManager/conf.d/90-multiip-$PREFIX.conf
+NETWORKD_FILE=/run/systemd/network/00-multiip-$PREFIX.network
+leave_alone() {  # $1 manager, $2 interfaces (globs): the manager leaves them alone; none: it has them all back
+  case $1 in
+    NetworkManager)
+      if [[ -n $2 ]]; then
+        mkdir -p "${NM_CONF%/*}"
+        printf '[device-multiip-%s]\nmatch-device=interface-name:%s\nmanaged=0\n' "$PREFIX" "${2// /;interface-name:}" >"$NM_CONF"
+      else rm -f "$NM_CONF"
+      fi
+      nmcli general reload conf ;;
+    systemd-networkd)
+      if [[ -n $2 ]]; then
+        mkdir -p "${NETWORKD_FILE%/*}"
+        printf '[Match]\nName=%s\n\n[Link]\nUnmanaged=yes\n' "$2" >"$NETWORKD_FILE"
+      else rm -f "$NETWORKD_FILE"
+      fi
+      networkctl reload ;;
+  esac
+}
+give_back_to_manager() {  # $1 manager, $2 what it still leaves alone: undo the uplink's handover (also a half one)
+  local argv=() pid
+  client_pid udhcpc host "$BRIDGE"  # ours, renewing the host's lease on the bridge: it goes, no release
+  if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi
+  case $1 in
+    NetworkManager)
+      leave_alone "$1" "$2" || true
+      nmcli device set "$UPLINK" managed yes || true
+      say "NetworkManager manages $UPLINK again" ;;
+    systemd-networkd)
+      leave_alone "$1" "$2" || true
+      say "systemd-networkd manages $UPLINK again" ;;
+    dhclient | dhcpcd | udhcpc)
+      [[ -s $STATE/uplink.client ]] || return 0
+      mapfile -d '' -t argv <"$STATE/uplink.client"
+      for pid in /proc/[0-9]*; do  # running already (given back before)
+        [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || return 0
+      done
+      (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 &)
+      say "$1 runs on $UPLINK again, as it did: ${argv[*]}" ;;
+  esac
 }
 
 dhcp_release() {  # $1 client, $2 key, $3 interface: make the client send DHCPRELEASE and exit; sets PID
@@ -204,6 +303,9 @@ else  # the record is gone: the setup's bridge ports carry alias multiip:PREFIX:
     if [[ $rest =~ \ master\ ([^ ]+) ]]; then BRIDGE=${BASH_REMATCH[1]}; fi
   done < <(ip -o link show)
 fi
+MANAGER=${RECORD[MANAGER]:-none}
+if [[ $MANAGER == none && -e $NM_CONF ]]; then MANAGER=NetworkManager; fi  # record lost, the handover's file is not
+if [[ $MANAGER == none && -e $NETWORKD_FILE ]]; then MANAGER=systemd-networkd; fi
 declare -A OURS=()
 for ns in "${NAMESPACES[@]}"; do OURS[${PORT_OF[$ns]}]=1; done
 foreign_ports() {  # sets FOREIGN to the bridge's ports that are not this setup's veths
@@ -221,7 +323,7 @@ if link_exists "$BRIDGE" && [[ -z $UPLINK ]]; then
 fi
 present=()
 for ns in "${NAMESPACES[@]}"; do [[ ! -e /run/netns/$ns ]] || present+=("$ns"); done
-say "found ${#present[@]} of ${#NAMESPACES[@]} namespaces, bridge ${BRIDGE}$(link_exists "$BRIDGE" || echo ' (absent)'), uplink ${UPLINK:-(none)}"
+say "found ${#present[@]} of ${#NAMESPACES[@]} namespaces, bridge ${BRIDGE}$(link_exists "$BRIDGE" || echo ' (absent)'), uplink ${UPLINK:-(none)} (managed by: $MANAGER)"
 mkdir -p "$STATE"
 
 step 2/5 "release DHCP leases and stop the clients"
@@ -303,7 +405,7 @@ if ((${#LEFT[@]} > 0)); then
 fi
 progress removed "${#present[@]}" "${#present[@]}"
 
-step 4/5 "give ${UPLINK:-the uplink} back its addresses and routes, remove $BRIDGE"
+step 4/5 "give ${UPLINK:-the uplink} back its addresses, routes and rules and to its manager, remove $BRIDGE"
 if link_exists "$BRIDGE"; then
   if [[ -s $STATE/host.client ]]; then  # --host-dhcp: the bridge's own client
     dhcp_release "$(<"$STATE/host.client")" host "$BRIDGE"
@@ -319,9 +421,11 @@ if link_exists "$BRIDGE"; then
   else
     [[ -z $UPLINK ]] || restore_uplink
     ip link del dev "$BRIDGE"
+    [[ -z $UPLINK ]] || give_back_to_manager "$MANAGER" ""
   fi
 elif [[ -n $UPLINK ]] && link_exists "$UPLINK" && [[ -e $STATE/uplink ]]; then
   restore_uplink  # bridge already gone: make sure the uplink has its addresses
+  give_back_to_manager "$MANAGER" ""
 fi
 
 if [[ -s $STATE/host-limits ]]; then  # what --tune-host raised, back as it was
