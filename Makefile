@@ -5,14 +5,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEBS = iproute2 bridge-utils isc-dhcp-client udhcpc dhcpcd-base dnsmasq-base shellcheck util-linux procps \
-       python3 python3-venv
+       network-manager dbus-daemon python3 python3-venv
 export PATH := $(PATH):/usr/sbin:/sbin
 
 .PHONY: deps install lint test demo bench golden clean
 
 deps:  ## the Debian packages the tool, the lab and the tests call
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+	if [ -n "$$missing" ]; then apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -169,6 +169,7 @@ def status(target: Target) -> dict[str, Any]:
         "bridge": env.get("BRIDGE", target.bridge),
         "uplink": env.get("UPLINK", target.uplink) or None,
         "dhcp": client,
+        "manager": env.get("MANAGER"),  # what manages the uplink: none, NetworkManager, systemd-networkd, a client
         "state": str(target.state_dir) if record else None,
         "namespaces": [asdict(r) for r in rows],
     }

@@ -81,7 +81,7 @@ def status_table(data: dict[str, Any]) -> None:
     rows = data["namespaces"]
     title = (
         f"prefix {data['prefix']} · bridge {data['bridge']} · uplink {data['uplink'] or '?'}"
-        f" · DHCP {data['dhcp'] or '?'} · {len(rows)} namespaces"
+        f" (managed by {data['manager'] or '?'}) · DHCP {data['dhcp'] or '?'} · {len(rows)} namespaces"
     )
     table = Table(title=title, title_justify="left")
     for col in ("namespace", "interface", "MAC", "IPv4", "gateway", "DHCP client", "lease expires", "ports"):

@@ -106,3 +106,41 @@ def leftovers(prefix: str, netns: str) -> list[str]:
         if f"/run/multiip/{prefix}/" in cmdline or f"{prefix}-t" in cmdline:
             left.append(f"process {proc.name}: {cmdline.replace(chr(0), ' ')}")
     return left
+
+
+def reaches(netns: str, ip: str, port: int) -> bool:
+    """One TCP connection from a namespace to ip:port, within 3 s."""
+    code = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()"
+    return sh(sys.executable, "-c", code, ip, str(port), netns=netns, check=False).returncode == 0
+
+
+def processes(netns: str, name: str) -> list[list[str]]:
+    """The argv of every process called ``name`` whose network namespace is ``netns``."""
+    target = Path(f"/run/netns/{netns}").stat().st_ino
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "comm").read_text().strip() != name or (proc / "ns/net").stat().st_ino != target:
+                continue
+            found.append((proc / "cmdline").read_bytes().decode().rstrip("\0").split("\0"))
+        except OSError:
+            continue
+    return found
+
+
+def uplink_state(netns: str, dev: str = "eth0") -> dict[str, Any]:
+    """Everything an uplink carries, as `ip` shows it (lifetimes aside): addresses with their flags, its
+    routes in every table, the rules."""
+    addrs = sorted(
+        (a["family"], a["local"], a["prefixlen"], a.get("broadcast"), flags(a))
+        for x in ip_json("-d", "address", "show", "dev", dev, netns=netns)
+        for a in x.get("addr_info", [])
+    )
+    routes = sorted(
+        json.dumps(r, sort_keys=True)
+        for family in ("-4", "-6")
+        for r in ip_json(family, "route", "show", "table", "all", "dev", dev, netns=netns)
+        if r.get("table") != "local"  # the kernel's, from the addresses
+    )
+    rules = [ip_json(family, "rule", "show", netns=netns) for family in ("-4", "-6")]
+    return {"addresses": addrs, "routes": routes, "rules": rules}

@@ -238,7 +238,9 @@ def test_host_dhcp_mode_the_seeds_way(lab: labmod.Lab, prefix: str) -> None:
     multiip("run", "--prefix", prefix, "--count", "2", "--host-dhcp", "--dhcp", "dhclient", "--yes", netns=lab.host_ns)
     br = next(iter(ip_json("-4", "address", "show", "dev", "br0", netns=lab.host_ns)))
     assert br["addr_info"][0]["local"] == str(lab.host_ip)  # what the LAN gives the host's MAC
-    acks = re.findall(rf"DHCPACK\(lan0\) {re.escape(str(lab.host_ip))} {lab.host_mac}", (lab.state_dir / "dnsmasq.log").read_text())
+    acks = re.findall(
+        rf"DHCPACK\(lan0\) {re.escape(str(lab.host_ip))} {lab.host_mac}", (lab.state_dir / "dnsmasq.log").read_text()
+    )
     assert acks, "the bridge asked DHCP"
     assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "br0"
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)

@@ -92,12 +92,18 @@ client_files() {  # $1 client, $2 key, $3 interface: sets PIDFILE and LEASEFILE
     *) PIDFILE=- LEASEFILE=- ;;
   esac
 }
+alive() {  # $1 pid: running (a zombie waiting for its parent to reap it counts as gone)
+  local stat
+  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
+}
 client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running client's pid, or to ""
   local comm=""
   PID=""
   client_files "$@"
   if [[ -s $PIDFILE ]]; then read -r PID <"$PIDFILE" || true; fi
-  if [[ $PID =~ ^[0-9]+$ ]]; then read -r comm 2>/dev/null <"/proc/$PID/comm" || true; fi
+  if [[ $PID =~ ^[0-9]+$ ]] && alive "$PID"; then read -r comm 2>/dev/null <"/proc/$PID/comm" || true; fi
   [[ -n $comm && $comm == "$1" ]] || PID=""
 }
 
@@ -123,7 +129,8 @@ routes_of() {  # $1 device: `ip route replace` arguments, one route per line (IP
       /:.* proto kernel metric 256 / { next }  # the kernel makes an IPv6 address its prefix route
       { out = ""
         for (i = 1; i <= NF; i++) if ($i !~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|notify)$/) out = out (out == "" ? "" : " ") $i
-        print out }'
+        if (/ via /) later[++n] = out; else print out }  # routes via a gateway after those that reach it
+      END { for (i = 1; i <= n; i++) print later[i] }'
 }
 rules_of() {  # $1 device, $2 family (4 or 6): `ip rule` arguments (pref N ...) of the rules naming it
   ip "-$2" rule show | awk -v dev="$1" '{
@@ -186,6 +193,19 @@ restore_uplink() {
   done < <(uplink_addresses)
 }
 
+add_missing() {  # add what the uplink carried and lacks now (addresses, routes, rules), leaving what it has
+  local batch="" line family have
+  while read -r line; do [[ -z $line ]] || batch+="address add ${line%% valid_lft*} dev $UPLINK"$'\n'; done < <(uplink_addresses)
+  while read -r line; do [[ -z $line ]] || batch+="route add $line dev $UPLINK"$'\n'; done < <(uplink_routes)
+  [[ -z $batch ]] || ip -force -batch - <<<"$batch" >/dev/null 2>&1 || true  # "exists" is fine
+  for family in 4 6; do
+    have=$(rules_of "$UPLINK" "$family")
+    while read -r line; do
+      [[ -z $line || $'\n'$have$'\n' == *$'\n'$line$'\n'* ]] || ip "-$family" rule add $line
+    done < <(uplink_rules "$family")
+  done
+}
+
 # --- The uplink's manager, recorded as MANAGER: none, NetworkManager, systemd-networkd, or the DHCP
 # --- client (dhclient, dhcpcd, udhcpc) that runs on it. While the setup lives, the manager leaves the
 # --- uplink, the bridge and its ports alone, and the host's lease is renewed on the bridge by a udhcpc
@@ -219,6 +239,10 @@ give_back_to_manager() {  # $1 manager, $2 what it still leaves alone: undo the 
     NetworkManager)
       leave_alone "$1" "$2" || true
       nmcli device set "$UPLINK" managed yes || true
+      if [[ -s $STATE/uplink.connection ]]; then  # active again, as it was
+        nmcli --wait 30 connection up uuid "$(<"$STATE/uplink.connection")" >/dev/null || true
+        add_missing  # what NetworkManager cleared when it took the uplink back but did not make itself
+      fi
       say "NetworkManager manages $UPLINK again" ;;
     systemd-networkd)
       leave_alone "$1" "$2" || true
@@ -266,6 +290,7 @@ save_uplink() {  # what the uplink carries and who runs it, before anything chan
   rules_of "$UPLINK" 4 >"$STATE/uplink.rule4"
   rules_of "$UPLINK" 6 >"$STATE/uplink.rule6"
   if [[ -n $MANAGER_PID ]]; then cp "/proc/$MANAGER_PID/cmdline" "$STATE/uplink.client"; fi
+  if [[ $MANAGER == NetworkManager ]]; then nmcli -g GENERAL.CON-UUID device show "$UPLINK" >"$STATE/uplink.connection"; fi
   printf '%s\n' "$UPLINK" >"$STATE/uplink"
 }
 # Who manages the uplink: NetworkManager or systemd-networkd (running in this network namespace and

@@ -90,12 +90,18 @@ client_files() {  # $1 client, $2 key, $3 interface: sets PIDFILE and LEASEFILE
     *) PIDFILE=- LEASEFILE=- ;;
   esac
 }
+alive() {  # $1 pid: running (a zombie waiting for its parent to reap it counts as gone)
+  local stat
+  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+  stat=${stat##*) }
+  [[ ${stat:0:1} != Z ]]
+}
 client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running client's pid, or to ""
   local comm=""
   PID=""
   client_files "$@"
   if [[ -s $PIDFILE ]]; then read -r PID <"$PIDFILE" || true; fi
-  if [[ $PID =~ ^[0-9]+$ ]]; then read -r comm 2>/dev/null <"/proc/$PID/comm" || true; fi
+  if [[ $PID =~ ^[0-9]+$ ]] && alive "$PID"; then read -r comm 2>/dev/null <"/proc/$PID/comm" || true; fi
   [[ -n $comm && $comm == "$1" ]] || PID=""
 }
 
@@ -121,7 +127,8 @@ routes_of() {  # $1 device: `ip route replace` arguments, one route per line (IP
       /:.* proto kernel metric 256 / { next }  # the kernel makes an IPv6 address its prefix route
       { out = ""
         for (i = 1; i <= NF; i++) if ($i !~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|notify)$/) out = out (out == "" ? "" : " ") $i
-        print out }'
+        if (/ via /) later[++n] = out; else print out }  # routes via a gateway after those that reach it
+      END { for (i = 1; i <= n; i++) print later[i] }'
 }
 rules_of() {  # $1 device, $2 family (4 or 6): `ip rule` arguments (pref N ...) of the rules naming it
   ip "-$2" rule show | awk -v dev="$1" '{
@@ -184,6 +191,19 @@ restore_uplink() {
   done < <(uplink_addresses)
 }
 
+add_missing() {  # add what the uplink carried and lacks now (addresses, routes, rules), leaving what it has
+  local batch="" line family have
+  while read -r line; do [[ -z $line ]] || batch+="address add ${line%% valid_lft*} dev $UPLINK"$'\n'; done < <(uplink_addresses)
+  while read -r line; do [[ -z $line ]] || batch+="route add $line dev $UPLINK"$'\n'; done < <(uplink_routes)
+  [[ -z $batch ]] || ip -force -batch - <<<"$batch" >/dev/null 2>&1 || true  # "exists" is fine
+  for family in 4 6; do
+    have=$(rules_of "$UPLINK" "$family")
+    while read -r line; do
+      [[ -z $line || $'\n'$have$'\n' == *$'\n'$line$'\n'* ]] || ip "-$family" rule add $line
+    done < <(uplink_rules "$family")
+  done
+}
+
 # --- The uplink's manager, recorded as MANAGER: none, NetworkManager, systemd-networkd, or the DHCP
 # --- client (dhclient, dhcpcd, udhcpc) that runs on it. While the setup lives, the manager leaves the
 # --- uplink, the bridge and its ports alone, and the host's lease is renewed on the bridge by a udhcpc
@@ -217,6 +237,10 @@ give_back_to_manager() {  # $1 manager, $2 what it still leaves alone: undo the 
     NetworkManager)
       leave_alone "$1" "$2" || true
       nmcli device set "$UPLINK" managed yes || true
+      if [[ -s $STATE/uplink.connection ]]; then  # active again, as it was
+        nmcli --wait 30 connection up uuid "$(<"$STATE/uplink.connection")" >/dev/null || true
+        add_missing  # what NetworkManager cleared when it took the uplink back but did not make itself
+      fi
       say "NetworkManager manages $UPLINK again" ;;
     systemd-networkd)
       leave_alone "$1" "$2" || true
@@ -240,12 +264,6 @@ dhcp_release() {  # $1 client, $2 key, $3 interface: make the client send DHCPRE
     dhclient) resolv_in "$2" dhclient -4 -r -pf "$PIDFILE" -lf "$LEASEFILE" "$3" >>"$log" 2>&1 || true ;;
     dhcpcd) resolv_in "$2" dhcpcd -4 -k "$3" >>"$log" 2>&1 || true ;;
   esac
-}
-alive() {  # $1 pid: running (a zombie waiting for its parent to reap it counts as gone)
-  local stat
-  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
-  stat=${stat##*) }
-  [[ ${stat:0:1} != Z ]]
 }
 wait_gone() {  # pids...: wait up to 5 s for them to exit
   local i pid left=("$@")
@@ -336,14 +354,19 @@ client_of() {  # $1 namespace, $2 interface: sets CLIENT and PID, from its pid f
     if [[ -n $PID ]]; then CLIENT=$c; return 0; fi
   done
   for pid in ${NS_PIDS[$1]:-}; do  # no pid file: what runs in the namespace
-    read -r comm 2>/dev/null <"/proc/$pid/comm" || continue
+    alive "$pid" && read -r comm 2>/dev/null <"/proc/$pid/comm" || continue
     case $comm in udhcpc | dhclient | dhcpcd) CLIENT=$comm PID=$pid; return 0 ;; esac
   done
 }
-clients=() udhcpcs=()
+clients=() udhcpcs=() orphans=()
 for ns in "${present[@]}"; do
-  [[ -n ${NS_PIDS[$ns]:-} ]] || continue  # every client runs inside its namespace: none runs in this one
-  client_of "$ns" "${INSIDE_OF[$ns]}"
+  CLIENT=""  # every client runs inside its namespace: none runs in one where nothing runs
+  [[ -z ${NS_PIDS[$ns]:-} ]] || client_of "$ns" "${INSIDE_OF[$ns]}"
+  if [[ -z $CLIENT && ${RECORD[DHCP]:-} == udhcpc ]]; then  # its client died (a crash): its lease may still be held
+    client_files udhcpc "$ns" "${INSIDE_OF[$ns]}"
+    lease=$(sed -n 's|^ipv4=||p' "$LEASEFILE" 2>/dev/null || true)
+    [[ -z $lease ]] || orphans+=("$ns ${INSIDE_OF[$ns]} $lease")
+  fi
   [[ -n $CLIENT ]] || continue
   clients+=("$PID")
   if [[ $CLIENT == udhcpc ]]; then
@@ -365,6 +388,21 @@ done
 drain
 wait_gone "${clients[@]}"
 progress released "${#clients[@]}" "${#clients[@]}"
+if ((${#orphans[@]} > 0)); then  # a lease whose client is gone: ask for it once more, then release it (-q -R)
+  say "releasing ${#orphans[@]} leases whose clients are gone"
+  # udhcpc -R releases when it gets SIGTERM (with -q it quits without a release): once bound, its event
+  # script sends it one. The release goes out from the leased address, so that is put back first.
+  printf '#!/bin/sh\n[ "$1" != bound ] || kill -TERM "$PPID"\n' >"$STATE/release.script"
+  chmod 0755 "$STATE/release.script"
+  for orphan in "${orphans[@]}"; do
+    read -r ns dev lease <<<"$orphan"
+    nsenter --net="/run/netns/$ns" sh -c 'ip address replace "$1" dev "$2" &&
+      exec udhcpc -f -R -n -i "$2" -r "${1%/*}" -s "$3" -t 2 -T 1 -A 1' sh "$lease" "$dev" "$STATE/release.script" \
+      </dev/null >/dev/null 2>&1 &
+    throttle 50  # in waves, as above
+  done
+  drain
+fi
 
 step 3/5 "stop anything else running in the namespaces, then remove them"
 ((${#clients[@]} == 0)) || map_namespace_pids  # what step 2 found still holds if it stopped nothing

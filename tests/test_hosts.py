@@ -1,0 +1,209 @@
+"""Real hosts, in the lab: an uplink whose address comes from a DHCP client or NetworkManager, every address,
+route and rule it carries, stable DHCP identities, uplinks that cannot be bridge ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import unique
+from helpers import host_state, ip_json, multiip, ours, processes, reaches, sh, uplink_state
+
+from multiip import lab as labmod
+
+pytestmark = pytest.mark.root
+
+LEASE = 120  # seconds: the lab's lease for its host (dnsmasq's shortest)
+
+
+def managers() -> list[str]:
+    found = [m for m in ("dhclient", "udhcpc") if shutil.which(m, path=os.environ["PATH"] + ":/usr/sbin:/sbin")]
+    if shutil.which("NetworkManager", path=os.environ["PATH"] + ":/usr/sbin:/sbin"):
+        found.append("NetworkManager")
+    return found
+
+
+@pytest.fixture(scope="module")
+def managed() -> Iterator[dict[str, labmod.Lab]]:
+    """One lab per manager of the lab host's eth0, up at once (their leases run out together)."""
+    labs = {m: labmod.make_lab(name=unique("mh"), leases=64, capacity=2000, manager=m) for m in managers()}
+    try:
+        for the_lab in labs.values():
+            multiip("lab", "up", "--name", the_lab.name, "--leases", "64", "--capacity", "2000",
+                    "--manager", the_lab.manager)  # fmt: skip
+        yield labs
+    finally:
+        for the_lab in labs.values():
+            multiip("lab", "down", "--name", the_lab.name, check=False)
+
+
+def host_acks(the_lab: labmod.Lab) -> int:
+    """DHCPACKs the lab's server sent to its host's MAC (each renewal is one)."""
+    log = (the_lab.state_dir / "dnsmasq.log").read_text()
+    return len(re.findall(rf"DHCPACK\(lan0\) {re.escape(str(the_lab.host_ip))} {the_lab.host_mac}", log))
+
+
+def manages_again(the_lab: labmod.Lab, client_argv: list[list[str]]) -> bool:
+    if the_lab.manager == "NetworkManager":
+        state = sh("nmcli", "-g", "GENERAL.STATE", "device", "show", "eth0", netns=the_lab.host_ns).stdout
+        return state.startswith("100")
+    return processes(the_lab.host_ns, the_lab.manager) == client_argv
+
+
+def test_managed_uplinks_keep_the_host_online_past_two_leases_and_come_back(managed: dict[str, labmod.Lab]) -> None:
+    """For each manager: run, wait past two lease times, the host and every namespace reach the LAN; the
+    manager holds no bridge port; down; the uplink carries exactly what it did and its manager has it again."""
+    setups: dict[str, tuple[str, dict[str, object], list[list[str]], int]] = {}
+    try:
+        check_managed(managed, setups)
+    finally:  # whatever failed, no setup outlives the test
+        for manager, (prefix, *_) in setups.items():
+            if ours(prefix):
+                multiip("down", "--prefix", prefix, "--yes", netns=managed[manager].host_ns, check=False)
+
+
+def check_managed(
+    managed: dict[str, labmod.Lab], setups: dict[str, tuple[str, dict[str, object], list[list[str]], int]]
+) -> None:
+    for manager, the_lab in managed.items():
+        before = uplink_state(the_lab.host_ns)
+        argv = processes(the_lab.host_ns, manager) if manager != "NetworkManager" else []
+        prefix = unique("m")
+        cp = multiip("run", "--prefix", prefix, "--count", "3", "--yes", netns=the_lab.host_ns)
+        assert f"uplink eth0: {manager}" in cp.stderr, cp.stderr
+        status = json.loads(multiip("status", "--prefix", prefix, "--json").stdout)
+        assert status["manager"] == manager and len(status["namespaces"]) == 3
+        setups[manager] = (prefix, before, argv, host_acks(the_lab))
+    time.sleep(2 * LEASE + 15)
+    for manager, the_lab in managed.items():
+        prefix, before, argv, acks = setups[manager]
+        server = (str(the_lab.lan_ip), the_lab.port)
+        assert reaches(the_lab.host_ns, *server), f"{manager}: the host lost the LAN"
+        for ns in ours(prefix):
+            assert reaches(ns, *server), f"{manager}: {ns} lost the LAN"
+        assert host_acks(the_lab) - acks >= 2, f"{manager}: nothing renewed the host's lease on the bridge"
+        br0 = ip_json("-4", "address", "show", "dev", "br0", netns=the_lab.host_ns)[0]["addr_info"]
+        assert [a["local"] for a in br0] == [str(the_lab.host_ip)]
+        if manager == "NetworkManager":
+            devices = sh("nmcli", "-t", "-f", "DEVICE,STATE", "device", netns=the_lab.host_ns).stdout.splitlines()
+            held = [d for d in devices if d.split(":")[0].startswith(("br0", f"{prefix}-b")) and "unmanaged" not in d]
+            assert held == [], f"NetworkManager holds {held}"
+        else:
+            ours_on_bridge = f"/run/multiip/{prefix}/host.pid"  # the udhcpc of the setup, renewing on br0
+            running = [a for a in processes(the_lab.host_ns, manager) if ours_on_bridge not in a]
+            assert running == [], f"{manager} still runs on the uplink or a port: {running}"
+        multiip("down", "--prefix", prefix, "--yes", netns=the_lab.host_ns)
+        assert uplink_state(the_lab.host_ns) == before, f"{manager}: the uplink is not as it was"
+        deadline = time.monotonic() + 30
+        while not manages_again(the_lab, argv) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert manages_again(the_lab, argv), f"{manager} does not manage eth0 again"
+
+
+def test_a_small_pool_gives_the_same_leases_after_a_crash(prefix: str) -> None:
+    """30 addresses; 20 namespaces killed without a release, then set up again: 20 of 20 leases, the same ones
+    (each namespace's MAC, so its DHCP identity, is derived from the uplink's MAC, the prefix and its index)."""
+    small = labmod.make_lab(name=prefix + "p", leases=30, capacity=100)
+    multiip("lab", "up", "--name", small.name, "--leases", "30", "--capacity", "100")
+    try:
+        args = ["run", "--prefix", prefix, "--count", "20", "--lease-timeout", "20", "--yes"]
+        multiip(*args, netns=small.host_ns)
+        first = json.loads(multiip("status", "--prefix", prefix, "--json").stdout)["namespaces"]
+        for row in first:  # locally administered, unicast
+            assert int(row["mac"].split(":")[0], 16) & 3 == 2, row["mac"]
+        for row in first:  # the crash: clients killed (no DHCPRELEASE), namespaces gone
+            os.kill(row["dhcp_pid"], signal.SIGKILL)
+        sh("ip", "-batch", "-", input="".join(f"netns del {row['name']}\n" for row in first))
+        assert ours(prefix) == []
+        multiip(*args, netns=small.host_ns)
+        again = json.loads(multiip("status", "--prefix", prefix, "--json").stdout)["namespaces"]
+        assert [(r["mac"], r["ipv4"]) for r in again] == [(r["mac"], r["ipv4"]) for r in first]
+        for row in again[:5]:  # five clients die; down still releases their leases
+            os.kill(row["dhcp_pid"], signal.SIGKILL)
+        log = small.state_dir / "dnsmasq.log"
+        released = log.read_text().count("DHCPRELEASE(lan0)")
+        cp = multiip("down", "--prefix", prefix, "--yes", netns=small.host_ns)
+        assert "releasing 5 leases whose clients are gone" in cp.stderr
+        assert log.read_text().count("DHCPRELEASE(lan0)") - released == 20
+        assert (small.state_dir / "dnsmasq.leases").read_text() == ""
+    finally:
+        multiip("lab", "down", "--name", small.name)
+
+
+def test_a_wifi_uplink_is_refused_before_anything_changes(lab: labmod.Lab, prefix: str, tmp_path: Path) -> None:
+    (tmp_path / "class/net/eth0/wireless").mkdir(parents=True)
+    before = host_state(lab.host_ns, prefix)
+    cp = multiip("run", "--prefix", prefix, "--count", "2", "--yes", netns=lab.host_ns, check=False,
+                 env={**os.environ, "MULTIIP_SYSFS": str(tmp_path)})  # fmt: skip
+    assert cp.returncode != 0
+    assert "uplink eth0 is a Wi-Fi station, which cannot be a bridge port" in cp.stderr.splitlines()[-1]
+    assert host_state(lab.host_ns, prefix) == before and not ours(prefix)
+
+
+def test_a_vlan_uplink_works(lab: labmod.Lab, prefix: str) -> None:
+    """eth0.100 as the uplink: a VLAN device is an Ethernet device and can be a bridge port."""
+    lan = ["link add link lan0 name lan0.100 type vlan id 100", "link set dev lan0.100 up",
+           "address add 198.19.200.1/24 dev lan0.100"]  # fmt: skip
+    host = ["link add link eth0 name eth0.100 type vlan id 100", "link set dev eth0.100 up",
+            "address add 198.19.200.2/24 dev eth0.100"]  # fmt: skip
+    made = sh("ip", "-batch", "-", input="\n".join(lan) + "\n", netns=lab.lan_ns, check=False)
+    if "Unknown device type" in made.stderr:
+        pytest.skip("this kernel cannot make VLAN devices (no 8021q module)")
+    assert made.returncode == 0, made.stderr
+    sh("ip", "-batch", "-", input="\n".join(host) + "\n", netns=lab.host_ns)
+    try:
+        before = uplink_state(lab.host_ns, "eth0.100")
+        multiip("run", "--prefix", prefix, "--count", "2", "--uplink", "eth0.100", "--bridge", f"{prefix}br",
+                "--dhcp", "none", "--address", "198.19.200.10/24", "--gateway", "198.19.200.1", "--yes",
+                netns=lab.host_ns)  # fmt: skip
+        for ns in ours(prefix):
+            assert reaches(ns, str(lab.lan_ip), lab.port)
+        bridge = ip_json("-4", "address", "show", "dev", f"{prefix}br", netns=lab.host_ns)[0]["addr_info"]
+        assert [a["local"] for a in bridge] == ["198.19.200.2"]
+        multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+        assert uplink_state(lab.host_ns, "eth0.100") == before
+    finally:
+        sh("ip", "link", "del", "dev", "eth0.100", netns=lab.host_ns, check=False)
+        sh("ip", "link", "del", "dev", "lan0.100", netns=lab.lan_ns, check=False)
+
+
+def test_systemd_networkd_is_told_with_a_runtime_network_file(lab: labmod.Lab, prefix: str, tmp_path: Path) -> None:
+    """systemd-networkd cannot run here (no systemd as PID 1): a stand-in process of that name in the lab
+    host and a networkctl that says eth0 is configured and logs what it is asked."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "networkctl.log"
+    (fake / "networkctl").write_text(
+        f'#!/bin/sh\necho "$*" >>{log}\n[ "$1" != list ] || echo "  2 eth0 ether routable configured"\n'
+    )
+    (fake / "networkctl").chmod(0o755)
+    shutil.copy("/bin/sleep", tmp_path / "systemd-networkd")
+    made = [d for d in (Path("/run/systemd"), Path("/run/systemd/network")) if not d.exists()]
+    stand_in = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{lab.host_ns}", str(tmp_path / "systemd-networkd"), "60"]
+    )
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    try:
+        before = uplink_state(lab.host_ns)
+        cp = multiip("run", "--prefix", prefix, "--count", "2", "--yes", netns=lab.host_ns, env=env)
+        assert "uplink eth0: systemd-networkd manages it" in cp.stderr, cp.stderr
+        network = Path(f"/run/systemd/network/00-multiip-{prefix}.network")
+        assert network.read_text() == f"[Match]\nName=br0 {prefix}-b* eth0\n\n[Link]\nUnmanaged=yes\n"
+        assert log.read_text().count("reload") == 2  # the bridge and its ports first, then the uplink too
+        assert json.loads(multiip("status", "--prefix", prefix, "--json").stdout)["manager"] == "systemd-networkd"
+        multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns, env=env)
+        assert not network.exists() and log.read_text().count("reload") == 3
+        assert uplink_state(lab.host_ns) == before
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        for d in reversed(made):
+            d.rmdir()
