@@ -62,6 +62,13 @@ def with_options(*specs: options.Spec) -> Callable[[F], F]:
 
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing the host's network.")]
 DryRun = Annotated[bool, typer.Option(help="Print the script that would run, change nothing.")]
+Wait = Annotated[
+    int,
+    typer.Option(
+        metavar="SECONDS",
+        help="If another setup or teardown runs here, wait this long for it (the scripts: MULTIIP_WAIT).",
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 LabName = Annotated[str, typer.Option("--name", help="Lab name: namespaces NAME-lan and NAME-host.")]
 UNDO = "`multiip down` removes what the setup made so far"
@@ -95,11 +102,13 @@ def _confirm(question: str, yes: bool) -> None:
         raise MultiipError("nothing was changed", exit_code=1)
 
 
-def _run(script: str, title: str, undo: str = "", netns: str | None = None) -> None:
+def _run(script: str, title: str, undo: str = "", wait: int = 0) -> None:
     from multiip import execute, ui
 
+    if wait < 0:
+        raise MultiipError(f"--wait {wait}: give 0 or more seconds")
     with ui.ScriptProgress(title) as show:
-        execute.run_script(script, show, netns=netns, undo=undo)
+        execute.run_script(script, show, undo=undo, env={"MULTIIP_WAIT": str(wait)})
 
 
 def _uplink_words(uplink: str) -> str:
@@ -127,7 +136,7 @@ def render_cmd(
 
 @app.command()
 @with_options(*options.SETUP)
-def run(yes: Yes = False, dry_run: DryRun = False, **opts: Any) -> None:
+def run(yes: Yes = False, dry_run: DryRun = False, wait: Wait = 0, **opts: Any) -> None:
     """Set up the namespaces here: runs exactly the script `multiip render` prints.
 
     Example: sudo multiip run --count 20 --confirm 30
@@ -147,12 +156,12 @@ def run(yes: Yes = False, dry_run: DryRun = False, **opts: Any) -> None:
         yes,
     )
     t = plan.target
-    _run(script, f"multiip: {plan.count} namespaces {t.prefix}0..{t.prefix}{plan.count - 1} on {t.bridge}", UNDO)
+    _run(script, f"multiip: {plan.count} namespaces {t.prefix}0..{t.prefix}{plan.count - 1} on {t.bridge}", UNDO, wait)
 
 
 @app.command()
 @with_options(*options.TARGET)
-def down(yes: Yes = False, dry_run: DryRun = False, **opts: Any) -> None:
+def down(yes: Yes = False, dry_run: DryRun = False, wait: Wait = 0, **opts: Any) -> None:
     """Undo a setup: release leases, stop clients, remove namespaces and bridge, restore the uplink.
 
     Example: sudo multiip down --prefix ns
@@ -171,7 +180,7 @@ def down(yes: Yes = False, dry_run: DryRun = False, **opts: Any) -> None:
         f"{_uplink_words(target.uplink)} back its addresses; the host's network drops for a moment. Continue?",
         yes,
     )
-    _run(script, f"multiip: tearing down {target.prefix}", "run `multiip down` again to finish")
+    _run(script, f"multiip: tearing down {target.prefix}", "run `multiip down` again to finish", wait)
 
 
 @app.command()

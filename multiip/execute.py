@@ -62,7 +62,12 @@ class ScriptLog:
 
 
 def run_script(
-    script: str, show: Callable[[str], None], name: str = "multiip", netns: str | None = None, undo: str = ""
+    script: str,
+    show: Callable[[str], None],
+    name: str = "multiip",
+    netns: str | None = None,
+    undo: str = "",
+    env: dict[str, str] | None = None,
 ) -> None:
     """Run a rendered bash script (in a named network namespace if given); its output lines go to ``show``.
 
@@ -76,7 +81,13 @@ def run_script(
             f.write(script)
         argv = in_netns(netns, ["bash", path]) if netns else ["bash", path]
         proc = sh.Command(which(argv[0]) or argv[0])(
-            *argv[1:], _err=log, _out=log, _env=environment(), _in=os.devnull, _bg=True, _bg_exc=False
+            *argv[1:],
+            _err=log,
+            _out=log,
+            _env={**environment(), **(env or {})},
+            _in=os.devnull,
+            _bg=True,
+            _bg_exc=False,
         )
         _wait(proc)
     except sh.ErrorReturnCode as e:

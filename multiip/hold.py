@@ -27,6 +27,8 @@ from multiip.limits import fd_limit
 from multiip.plan import Target
 
 KERNEL_BYTES_PER_SOCKET = 3.6 * 1024  # measured here: one TCP socket with nothing queued
+WORKER_BYTES_PER_SOCKET = 0.7 * 1024  # measured (make bench): the hold workers' own PSS per held connection
+WORKER_BASE_BYTES = 11.6 * 2**20  # measured: a worker's RSS before its first socket
 FD_MARGIN = 64  # files a worker keeps for itself (python, pipes, epoll)
 
 
@@ -121,12 +123,15 @@ def preflight(shares: list[Share]) -> list[str]:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
             avail_kb = int(line.split()[1])
-    need = total * KERNEL_BYTES_PER_SOCKET
+    kernel = total * KERNEL_BYTES_PER_SOCKET
+    own = total * WORKER_BYTES_PER_SOCKET + workers * WORKER_BASE_BYTES
     if avail_kb is not None:
-        verdict = "fits" if need * 2 < avail_kb * 1024 * 0.9 else "warning: may not fit"
+        need = kernel * 2 + own  # the kernel's twice when the server is on this host (the lab)
+        verdict = "fits" if need < avail_kb * 1024 * 0.9 else "warning: may not fit"
         notes.append(
-            f"memory: about {need / 2**30:.1f} GiB of kernel memory ({need * 2 / 2**30:.1f} GiB with the server on "
-            f"this host) against {avail_kb / 2**20:.1f} GiB available: {verdict}"
+            f"memory: about {kernel / 2**30:.1f} GiB of kernel memory ({kernel * 2 / 2**30:.1f} GiB with the server "
+            f"on this host) and {own / 2**30:.1f} GiB in the {workers} workers, against {avail_kb / 2**20:.1f} GiB "
+            f"available: {verdict}"
         )
     return notes
 

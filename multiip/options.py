@@ -154,8 +154,13 @@ def port_range(value: str) -> tuple[int, int]:
     if not m:
         raise MultiipError(f"--port-range {value!r}: write it as LO-HI, e.g. 1024-65535")
     lo, hi = int(m[1]), int(m[2])
-    if not 1 <= lo < hi <= 65535:
-        raise MultiipError(f"--port-range {value!r}: need 1 <= LO < HI <= 65535")
+    if not lo <= hi <= 65535:
+        raise MultiipError(f"--port-range {value!r}: need LO <= HI <= 65535")
+    if lo < 1024:  # measured: a new namespace refuses "1023 65535" and accepts "1024 1024"
+        raise MultiipError(
+            f"--port-range {value!r}: the kernel refuses a range below 1024 (a new namespace's "
+            "ip_unprivileged_port_start); start at 1024 or above"
+        )
     return lo, hi
 
 
@@ -166,7 +171,25 @@ def interface_address(value: str) -> ipaddress.IPv4Interface:
         raise MultiipError(f"--address {value!r}: write an IPv4 address with prefix, e.g. 198.18.1.10/15") from None
     if "/" not in value:
         raise MultiipError(f"--address {value!r}: give the prefix length too, e.g. {value}/24")
+    if iface.network.prefixlen == 0:
+        raise MultiipError(f"--address {value!r}: a /0 is no subnet; give the LAN's prefix length")
+    unusable(iface.ip, "--address")
     return iface
+
+
+_SPECIAL = {
+    "0.0.0.0/8": "'this network' (0/8)",
+    "127.0.0.0/8": "loopback (127/8)",
+    "224.0.0.0/4": "multicast (224/4)",
+    "240.0.0.0/4": "reserved (240/4)",
+}
+
+
+def unusable(ip: ipaddress.IPv4Address, option: str) -> None:
+    """Refuse an address no host on a LAN can have."""
+    for net, what in _SPECIAL.items():
+        if ip in ipaddress.IPv4Network(net):
+            raise MultiipError(f"{option} {ip}: {what} addresses cannot be a host's on a LAN")
 
 
 def ipv4(value: str, option: str) -> ipaddress.IPv4Address:
@@ -193,8 +216,12 @@ def address_block(first: ipaddress.IPv4Interface, n: int, gateway: ipaddress.IPv
             f"(usable {usable_lo} - {usable_hi})"
         )
     if gateway is not None:
+        unusable(gateway, "--gateway")
         if gateway not in net:
             raise MultiipError(f"--gateway {gateway} is outside the subnet {net}")
+        if net.prefixlen < 31 and gateway in (net.network_address, net.broadcast_address):
+            which = "network" if gateway == net.network_address else "broadcast"
+            raise MultiipError(f"--gateway {gateway} is the {which} address of {net}, not a host's")
         if first.ip <= gateway <= last:
             raise MultiipError(f"--gateway {gateway} falls inside the namespace addresses {first.ip} - {last}")
 

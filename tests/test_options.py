@@ -37,7 +37,9 @@ def test_count_limit_says_why() -> None:
     assert options.count(options.MAX_COUNT) == 1022
 
 
-@pytest.mark.parametrize("value", ["1024", "a-b", "0-100", "100-100", "200-100", "1-65536", "1024-70000", " - "])
+@pytest.mark.parametrize(
+    "value", ["1024", "a-b", "0-100", "200-100", "1-65536", "1024-70000", " - ", "1023-65535", "1-65535", "100-100"]
+)
 def test_port_range_refused(value: str) -> None:
     with pytest.raises(MultiipError, match="--port-range"):
         options.port_range(value)
@@ -45,6 +47,27 @@ def test_port_range_refused(value: str) -> None:
 
 def test_port_range_ok() -> None:
     assert options.port_range("1024-65535") == (1024, 65535)
+    assert options.port_range("1024-1024") == (1024, 1024)  # the kernel takes it
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("0.0.0.5/8", "0/8"), ("127.0.0.2/8", "loopback"), ("224.0.0.9/4", "multicast"), ("240.0.0.1/4", "reserved"),
+     ("198.18.0.5/0", "/0")],
+)  # fmt: skip
+def test_addresses_no_host_can_have_are_refused(value: str, why: str) -> None:
+    with pytest.raises(MultiipError, match=why):
+        options.interface_address(value)
+
+
+def test_a_gateway_that_is_the_network_or_broadcast_address_is_refused() -> None:
+    first = ipaddress.IPv4Interface("198.18.0.10/24")
+    with pytest.raises(MultiipError, match="network address"):
+        options.address_block(first, 5, ipaddress.IPv4Address("198.18.0.0"))
+    with pytest.raises(MultiipError, match="broadcast address"):
+        options.address_block(first, 5, ipaddress.IPv4Address("198.18.0.255"))
+    with pytest.raises(MultiipError, match="loopback"):
+        options.address_block(first, 5, ipaddress.IPv4Address("127.0.0.1"))
 
 
 @pytest.mark.parametrize("value", ["198.18.0.1", "198.18.0.300/15", "nope/24", "198.18.0.1/33", "::1/64"])

@@ -52,12 +52,29 @@ STATE=/run/multiip/ns  # the setup's record, pid, lease and saved-uplink files
 SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
 need_root() { [[ $EUID -eq 0 ]] || die "run this as root: it changes network interfaces"; }
+# One setup or teardown at a time on a host: an flock on a file beside the records, held until the
+# script exits (long-running children started here close it). MULTIIP_WAIT=SECONDS queues for it.
+take_lock() {
+  local dir=${STATE%/*} holder=""
+  safe_dir "$dir"
+  exec 9>>"$dir/lock"
+  if ! flock -w "${MULTIIP_WAIT:-0}" 9; then
+    [[ ! -s $dir/lock.pid ]] || read -r holder <"$dir/lock.pid"
+    die "another multiip setup or teardown runs here (pid ${holder:-?}: $(tr '\0' ' ' <"/proc/$holder/cmdline" 2>/dev/null || echo gone)); wait for it, or queue with --wait SECONDS (MULTIIP_WAIT)"
+  fi
+  printf '%s\n' "$$" >"$dir/lock.pid"
+}
+safe_dir() {  # $1: a state directory, made 0700 if missing; refused if it is a symlink or not root's
+  [[ -e $1 ]] || mkdir -p "$1"
+  [[ ! -L $1 && -d $1 && -O $1 ]] || die "$1 is a symlink, not a directory or not owned by root: refusing to use it"
+  chmod 0700 "$1"
+}
 need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
 link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
-#   $STATE/setup.env   KEY=VALUE: PREFIX BRIDGE UPLINK DHCP COUNT
+#   $STATE/setup.env   KEY=VALUE: PREFIX BRIDGE BRIDGE_MADE UPLINK DHCP COUNT MANAGER
 #   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
 # A setup's namespaces are the ones its record names, never a name pattern. Each bridge port also
 # carries the alias multiip:PREFIX:NAME:INSIDE, from which the teardown rebuilds a lost record.
@@ -104,7 +121,10 @@ client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running clien
   client_files "$@"
   if [[ -s $PIDFILE ]]; then read -r PID <"$PIDFILE" || true; fi
   if [[ $PID =~ ^[0-9]+$ ]] && alive "$PID"; then read -r comm 2>/dev/null <"/proc/$PID/comm" || true; fi
-  [[ -n $comm && $comm == "$1" ]] || PID=""
+  # a pid file is trusted only for a process of that name in that namespace (pids are reused)
+  local netns=/run/netns/$2
+  [[ $2 != host ]] || netns=/proc/self/ns/net
+  [[ -n $comm && $comm == "$1" && /proc/$PID/ns/net -ef $netns ]] || PID=""
 }
 
 # What moves: IPv4 and IPv6 addresses (not link-local ones, which the bridge makes itself from the same
@@ -253,7 +273,7 @@ give_back_to_manager() {  # $1 manager, $2 what it still leaves alone: undo the 
       for pid in /proc/[0-9]*; do  # running already (given back before)
         [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || return 0
       done
-      (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 &)
+      (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 9>&- &)
       say "$1 runs on $UPLINK again, as it did: ${argv[*]}" ;;
   esac
 }
@@ -270,10 +290,10 @@ dhcp_start() {  # $1 client, $2 key, $3 interface[, $4 the address to ask for]
       # The host's own lease (key host) is never released: the address goes back to the uplink.
       if [[ $2 == host ]]; then how=(${4:+-r "$4"}) host=1; else enter=(nsenter --net="/run/netns/$2"); fi
       MULTIIP_RESOLV=$RESOLV MULTIIP_LEASE=$LEASEFILE MULTIIP_HOST=$host setsid "${enter[@]}" \
-        udhcpc -f -i "$3" -p "$PIDFILE" -s "$STATE/udhcpc.script" "${how[@]}" -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 &
+        udhcpc -f -i "$3" -p "$PIDFILE" -s "$STATE/udhcpc.script" "${how[@]}" -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 9>&- &
       ;;
-    dhclient) resolv_in "$2" dhclient -4 -nw -pf "$PIDFILE" -lf "$LEASEFILE" "$3" >"$log" 2>&1 ;;
-    dhcpcd) resolv_in "$2" dhcpcd -4 -b -A -C hostname "$3" >"$log" 2>&1 ;;
+    dhclient) resolv_in "$2" dhclient -4 -nw -pf "$PIDFILE" -lf "$LEASEFILE" "$3" >"$log" 2>&1 9>&- ;;
+    dhcpcd) resolv_in "$2" dhcpcd -4 -b -A -C hostname "$3" >"$log" 2>&1 9>&- ;;
   esac
 }
 has_lease() {  # $1 client, $2 key, $3 interface
@@ -337,6 +357,8 @@ need_root
 need_tool ip iproute2
 need_tool nsenter util-linux
 need_tool awk mawk
+need_tool flock util-linux
+take_lock
 read_record
 if ((${#RECORD[@]} > 0)); then  # running again: the same setup, or refuse
   [[ ${RECORD[BRIDGE]} == "$BRIDGE" ]] || die "prefix $PREFIX is already set up on bridge ${RECORD[BRIDGE]}"
@@ -398,6 +420,22 @@ UPLINK_MASTER=$(link_master "$UPLINK")
 if link_exists "$BRIDGE" && ! ip -d -o link show dev "$BRIDGE" | grep -q ' bridge '; then
   die "$BRIDGE exists and is not a bridge"
 fi
+# A bridge that exists is used only if a multiip setup made it (its record says so) or it is empty (no
+# address, no port; then down leaves it): Docker's, libvirt's or the host's own bridge is never taken.
+BRIDGE_MADE=${RECORD[BRIDGE_MADE]:-}
+if [[ -z $BRIDGE_MADE ]] && link_exists "$BRIDGE"; then
+  for env in "${STATE%/*}"/*/setup.env; do
+    if [[ -r $env ]] && grep -qx "BRIDGE=$BRIDGE" "$env" && grep -qx "BRIDGE_MADE=1" "$env"; then BRIDGE_MADE=1; fi
+  done
+  if [[ -z $BRIDGE_MADE ]]; then
+    ports=$(ip -o link show master "$BRIDGE" | awk '{ sub(/:$/, "", $2); sub(/@.*/, "", $2); printf " %s", $2 }')
+    addresses=$(ip -o address show dev "$BRIDGE" scope global | awk '{ printf " %s", $4 }')
+    [[ -z $ports$addresses ]] || die "bridge $BRIDGE exists and no multiip setup made it (ports:${ports:- none}; addresses:${addresses:- none}): it is not taken over; choose another --bridge"
+    BRIDGE_MADE=0
+    say "bridge $BRIDGE exists and is empty: the setup uses it and down leaves it in place"
+  fi
+fi
+[[ -n $BRIDGE_MADE ]] || BRIDGE_MADE=1
 if [[ $UPLINK_MASTER == "$BRIDGE" ]]; then  # moved already: by this setup (its record) or the one sharing the bridge
   MANAGER=${RECORD[MANAGER]:-none} MANAGER_PID=""
   [[ -z $SHARED_STATE || ${RECORD[MANAGER]:-} ]] || MANAGER=$(sed -n 's/^MANAGER=//p' "$SHARED_STATE/setup.env")
@@ -442,7 +480,7 @@ elif ((COUNT >= 500)); then
 fi
 
 step 2/6 "record the setup in $STATE, save what $UPLINK carries"
-mkdir -p "$STATE"
+safe_dir "$STATE"
 if [[ $UPLINK_MASTER != "$BRIDGE" ]]; then
   save_uplink
 elif [[ ! -e $STATE/uplink && -n $SHARED_STATE ]]; then
@@ -452,8 +490,8 @@ for ((i = 0; i < COUNT; i++)); do
   client_files "$DHCP" "$PREFIX$i" "$INSIDE$i"
   printf '%s %s %s %s %s\n' "$PREFIX$i" "$INSIDE$i" "$PORT$i" "$PIDFILE" "$LEASEFILE"
 done >"$STATE/namespaces"
-printf '%s\n' "PREFIX=$PREFIX" "BRIDGE=$BRIDGE" "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" "MANAGER=$MANAGER" \
-  >"$STATE/setup.env.new"
+printf '%s\n' "PREFIX=$PREFIX" "BRIDGE=$BRIDGE" "BRIDGE_MADE=$BRIDGE_MADE" "UPLINK=$UPLINK" "DHCP=$DHCP" \
+  "COUNT=$COUNT" "MANAGER=$MANAGER" >"$STATE/setup.env.new"
 mv -f "$STATE/setup.env.new" "$STATE/setup.env"
 cat >"$STATE/udhcpc.script" <<'UDHCPC'
 #!/bin/sh
@@ -562,7 +600,13 @@ drain
 progress namespaces "$COUNT" "$COUNT"
 
 step 5/6 "move $UPLINK into $BRIDGE (its addresses, routes and rules move to the bridge)"
-if [[ $(link_master "$UPLINK") != "$BRIDGE" ]]; then
+# The move is done when its mark is there (this setup's, or the one that shares the bridge). The uplink
+# in the bridge without a mark is a move that was killed half-way: it goes back first, then moves again.
+if [[ ! -e $STATE/moved && ! ( -n $SHARED_STATE && -e $SHARED_STATE/moved ) ]]; then
+  if [[ $(link_master "$UPLINK") == "$BRIDGE" ]]; then
+    say "$UPLINK is in $BRIDGE but its move did not finish: putting it back first"
+    restore_uplink
+  fi
   put_back() { say "putting $UPLINK back as it was"; restore_uplink; give_back_to_manager "$MANAGER" "$BRIDGE ${PORT}*"; }
   ROLLBACK=put_back  # if anything here fails, the uplink goes back as it was before the script gives up
   # The manager lets go of the uplink: for the setup's life, without deconfiguring it.
@@ -601,6 +645,7 @@ if [[ $(link_master "$UPLINK") != "$BRIDGE" ]]; then
     has_lease "$host_client" host "$BRIDGE" || die "no DHCP lease for the host on $BRIDGE within ${LEASE_TIMEOUT}s"
     say "the host's lease is renewed on $BRIDGE by $host_client (pid file $STATE/host.pid)"
   fi
+  : >"$STATE/moved"
   ROLLBACK=""
 fi
 

@@ -52,12 +52,29 @@ STATE=/run/multiip/ns  # the setup's record, pid, lease and saved-uplink files
 SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
 need_root() { [[ $EUID -eq 0 ]] || die "run this as root: it changes network interfaces"; }
+# One setup or teardown at a time on a host: an flock on a file beside the records, held until the
+# script exits (long-running children started here close it). MULTIIP_WAIT=SECONDS queues for it.
+take_lock() {
+  local dir=${STATE%/*} holder=""
+  safe_dir "$dir"
+  exec 9>>"$dir/lock"
+  if ! flock -w "${MULTIIP_WAIT:-0}" 9; then
+    [[ ! -s $dir/lock.pid ]] || read -r holder <"$dir/lock.pid"
+    die "another multiip setup or teardown runs here (pid ${holder:-?}: $(tr '\0' ' ' <"/proc/$holder/cmdline" 2>/dev/null || echo gone)); wait for it, or queue with --wait SECONDS (MULTIIP_WAIT)"
+  fi
+  printf '%s\n' "$$" >"$dir/lock.pid"
+}
+safe_dir() {  # $1: a state directory, made 0700 if missing; refused if it is a symlink or not root's
+  [[ -e $1 ]] || mkdir -p "$1"
+  [[ ! -L $1 && -d $1 && -O $1 ]] || die "$1 is a symlink, not a directory or not owned by root: refusing to use it"
+  chmod 0700 "$1"
+}
 need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
 link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
-#   $STATE/setup.env   KEY=VALUE: PREFIX BRIDGE UPLINK DHCP COUNT
+#   $STATE/setup.env   KEY=VALUE: PREFIX BRIDGE BRIDGE_MADE UPLINK DHCP COUNT MANAGER
 #   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
 # A setup's namespaces are the ones its record names, never a name pattern. Each bridge port also
 # carries the alias multiip:PREFIX:NAME:INSIDE, from which the teardown rebuilds a lost record.
@@ -102,7 +119,10 @@ client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running clien
   client_files "$@"
   if [[ -s $PIDFILE ]]; then read -r PID <"$PIDFILE" || true; fi
   if [[ $PID =~ ^[0-9]+$ ]] && alive "$PID"; then read -r comm 2>/dev/null <"/proc/$PID/comm" || true; fi
-  [[ -n $comm && $comm == "$1" ]] || PID=""
+  # a pid file is trusted only for a process of that name in that namespace (pids are reused)
+  local netns=/run/netns/$2
+  [[ $2 != host ]] || netns=/proc/self/ns/net
+  [[ -n $comm && $comm == "$1" && /proc/$PID/ns/net -ef $netns ]] || PID=""
 }
 
 # What moves: IPv4 and IPv6 addresses (not link-local ones, which the bridge makes itself from the same
@@ -251,7 +271,7 @@ give_back_to_manager() {  # $1 manager, $2 what it still leaves alone: undo the 
       for pid in /proc/[0-9]*; do  # running already (given back before)
         [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || return 0
       done
-      (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 &)
+      (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 9>&- &)
       say "$1 runs on $UPLINK again, as it did: ${argv[*]}" ;;
   esac
 }
@@ -261,7 +281,8 @@ dhcp_release() {  # $1 client, $2 key, $3 interface: make the client send DHCPRE
   client_pid "$@"
   case $1 in
     udhcpc) if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi ;;  # started with -R: releases on exit
-    dhclient) resolv_in "$2" dhclient -4 -r -pf "$PIDFILE" -lf "$LEASEFILE" "$3" >>"$log" 2>&1 || true ;;
+    dhclient)  # it kills what its pid file names: only a verified one
+      resolv_in "$2" dhclient -4 -r -pf "${PID:+$PIDFILE}${PID:-/dev/null}" -lf "$LEASEFILE" "$3" >>"$log" 2>&1 || true ;;
     dhcpcd) resolv_in "$2" dhcpcd -4 -k "$3" >>"$log" 2>&1 || true ;;
   esac
 }
@@ -298,6 +319,8 @@ need_root
 need_tool ip iproute2
 need_tool nsenter util-linux
 need_tool awk mawk
+need_tool flock util-linux
+take_lock
 read_record
 declare -A INSIDE_OF=() PORT_OF=()
 NAMESPACES=()
@@ -339,10 +362,14 @@ if link_exists "$BRIDGE" && [[ -z $UPLINK ]]; then
   foreign_ports  # record lost: the uplink is the bridge's port that is not one of our veths
   UPLINK=${FOREIGN[0]:-}
 fi
+if ((${#RECORD[@]} == 0 && ${#NAMESPACES[@]} == 0)); then  # no record, no port of ours: nothing here is ours
+  say "no setup of prefix $PREFIX here (no record in $STATE, no bridge port named multiip:$PREFIX:...): nothing to do"
+  exit 0
+fi
 present=()
 for ns in "${NAMESPACES[@]}"; do [[ ! -e /run/netns/$ns ]] || present+=("$ns"); done
 say "found ${#present[@]} of ${#NAMESPACES[@]} namespaces, bridge ${BRIDGE}$(link_exists "$BRIDGE" || echo ' (absent)'), uplink ${UPLINK:-(none)} (managed by: $MANAGER)"
-mkdir -p "$STATE"
+safe_dir "$STATE"
 
 step 2/5 "release DHCP leases and stop the clients"
 map_namespace_pids
@@ -366,6 +393,9 @@ for ns in "${present[@]}"; do
     client_files udhcpc "$ns" "${INSIDE_OF[$ns]}"
     lease=$(sed -n 's|^ipv4=||p' "$LEASEFILE" 2>/dev/null || true)
     [[ -z $lease ]] || orphans+=("$ns ${INSIDE_OF[$ns]} $lease")
+  elif [[ -z $CLIENT && ${RECORD[DHCP]:-} == dhclient ]]; then  # dhclient -r releases from its lease file alone
+    dhcp_release dhclient "$ns" "${INSIDE_OF[$ns]}" &
+    throttle $((4 * CORES))
   fi
   [[ -n $CLIENT ]] || continue
   clients+=("$PID")
@@ -443,6 +473,7 @@ if ((${#LEFT[@]} > 0)); then
 fi
 progress removed "${#present[@]}" "${#present[@]}"
 
+LEFT_BEHIND=""
 step 4/5 "give ${UPLINK:-the uplink} back its addresses, routes and rules and to its manager, remove $BRIDGE"
 if link_exists "$BRIDGE"; then
   if [[ -s $STATE/host.client ]]; then  # --host-dhcp: the bridge's own client
@@ -452,13 +483,21 @@ if link_exists "$BRIDGE"; then
     rm -f "$LEASEFILE"
   fi
   foreign_ports
-  others=""
-  for name in "${FOREIGN[@]}"; do [[ $name == "$UPLINK" ]] || others+=" $name"; done
-  if [[ -n $others ]]; then
-    say "$BRIDGE still has other ports:$others; leaving it and ${UPLINK:-the uplink} in place"
+  others="" strangers=""  # other ports: another multiip setup's (alias multiip:...), or someone else's
+  for name in "${FOREIGN[@]}"; do
+    [[ $name != "$UPLINK" ]] || continue
+    others+=" $name"
+    [[ $(ip -o link show dev "$name") == *" alias multiip:"* ]] || strangers+=" $name"
+  done
+  if [[ -n $strangers ]]; then
+    LEFT_BEHIND="$BRIDGE and ${UPLINK:-the uplink} are left in place: $BRIDGE has ports that are not multiip's:$strangers (run down again once they are gone)"
+  elif [[ -n $others ]]; then
+    say "$BRIDGE still has other setups' ports:$others; leaving it and ${UPLINK:-the uplink} to the last of them"
   else
     [[ -z $UPLINK ]] || restore_uplink
-    ip link del dev "$BRIDGE"
+    if [[ ${RECORD[BRIDGE_MADE]:-1} == 1 ]]; then ip link del dev "$BRIDGE"
+    else say "$BRIDGE was there before the setup: left in place"
+    fi
     [[ -z $UPLINK ]] || give_back_to_manager "$MANAGER" ""
   fi
 elif [[ -n $UPLINK ]] && link_exists "$UPLINK" && [[ -e $STATE/uplink ]]; then
@@ -466,11 +505,19 @@ elif [[ -n $UPLINK ]] && link_exists "$UPLINK" && [[ -e $STATE/uplink ]]; then
   give_back_to_manager "$MANAGER" ""
 fi
 
-if [[ -s $STATE/host-limits ]]; then  # what --tune-host raised, back as it was
-  while read -r key value; do
-    [[ -z $key ]] || printf '%s\n' "$value" >"$SYSCTL/$key"
-  done <"$STATE/host-limits"
-  say "host-wide limits restored: $(tr '\n' ' ' <"$STATE/host-limits")"
+LIMITS=${STATE%/*}/host-limits  # what --tune-host raised: back as it was when the last setup that did goes
+if grep -qxF "$PREFIX" "$LIMITS.users" 2>/dev/null; then
+  grep -vxF "$PREFIX" "$LIMITS.users" >"$LIMITS.users.new" || true
+  mv -f "$LIMITS.users.new" "$LIMITS.users"
+  if [[ -s $LIMITS.users ]]; then
+    say "host-wide limits stay raised for the setups $(tr '\n' ' ' <"$LIMITS.users")"
+  else
+    while read -r key value; do
+      [[ -z $key ]] || printf '%s\n' "$value" >"$SYSCTL/$key"
+    done <"$LIMITS"
+    say "host-wide limits restored: $(tr '\n' ' ' <"$LIMITS")"
+    rm -f "$LIMITS" "$LIMITS.users"
+  fi
 fi
 
 step 5/5 "remove /etc/netns entries, lease and state files"
@@ -483,6 +530,9 @@ done
 if ((${#files[@]} > 0)); then
   rm -f -- "${files[@]}"
   rmdir -- "${dirs[@]}" 2>/dev/null || true  # kept where someone put other files there
+fi
+if [[ -n $LEFT_BEHIND ]]; then  # the record stays, for the down that finishes the job
+  die "removed ${#present[@]} namespaces; $LEFT_BEHIND"
 fi
 rm -rf "$STATE"
 say "removed ${#present[@]} namespaces and $BRIDGE; ${UPLINK:-the uplink} is back as it was"

@@ -1,0 +1,196 @@
+"""Faults and concurrency, in the lab: one setup at a time, a move killed half-way, pid files that lie,
+a state directory that is not ours, workers that must not import from the current directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import host_state, multiip, ours, sh
+
+from multiip import lab as labmod
+
+pytestmark = pytest.mark.root
+STATIC = ["--dhcp", "none", "--address", "198.18.250.1/15"]
+
+
+def multiip_bg(*args: str, netns: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-m", "multiip", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_one_setup_or_teardown_at_a_time(prefix: str) -> None:
+    """While one setup waits for leases that do not come, a second is refused naming the first; with
+    --wait it queues and runs after."""
+    small = labmod.make_lab(name=prefix + "l", leases=2, capacity=100)
+    multiip("lab", "up", "--name", small.name, "--leases", "2", "--capacity", "100")
+    try:
+        before = host_state(small.host_ns, prefix)
+        first = multiip_bg("run", "--prefix", prefix, "--count", "3", "--lease-timeout", "6", "--yes",
+                           netns=small.host_ns)  # fmt: skip
+        deadline = time.monotonic() + 20
+        while len(ours(prefix)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        other = prefix + "x"
+        refused = multiip("run", "--prefix", other, "--count", "1", *STATIC, "--yes", netns=small.host_ns,
+                          check=False)  # fmt: skip
+        assert refused.returncode != 0
+        assert "another multiip setup or teardown runs here (pid " in refused.stderr.splitlines()[-1]
+        assert not ours(other)
+        queued = multiip("run", "--prefix", other, "--count", "1", *STATIC, "--wait", "30", "--yes",
+                         netns=small.host_ns)  # fmt: skip
+        assert first.wait(timeout=30) != 0  # 2 leases for 3 namespaces
+        assert len(ours(other)) == 1 and "ready: 1 namespaces" in queued.stderr
+        multiip("down", "--prefix", other, "--yes", netns=small.host_ns)
+        multiip("down", "--prefix", prefix, "--yes", netns=small.host_ns)
+        assert host_state(small.host_ns, prefix) == before
+    finally:
+        multiip("lab", "down", "--name", small.name)
+
+
+def test_a_move_killed_half_way_is_finished_by_a_rerun(lab: labmod.Lab, prefix: str) -> None:
+    """The state a SIGKILL right after `link set dev eth0 master br0` leaves (eth0 in the bridge with its
+    addresses, no mark of a finished move): a re-run puts it back and moves it; down restores it."""
+    before = host_state(lab.host_ns, prefix)
+    args = ["run", "--prefix", prefix, "--count", "2", *STATIC, "--yes"]
+    multiip(*args, netns=lab.host_ns)
+    moved = host_state(lab.host_ns, prefix)
+    state = Path(f"/run/multiip/{prefix}")
+    (state / "moved").unlink()
+    half = ["address del 198.18.0.2/15 dev br0", "address add 198.18.0.2/15 brd 198.19.255.255 dev eth0",
+            "route replace default via 198.18.0.1 dev eth0"]  # fmt: skip
+    sh("ip", "-batch", "-", input="\n".join(half) + "\n", netns=lab.host_ns)
+    again = multiip(*args, netns=lab.host_ns)
+    assert "eth0 is in br0 but its move did not finish: putting it back first" in again.stderr
+    assert host_state(lab.host_ns, prefix) == moved
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert host_state(lab.host_ns, prefix) == before
+
+
+def test_a_pid_file_naming_someone_elses_process_is_not_trusted(lab: labmod.Lab, prefix: str, tmp_path: Path) -> None:
+    """A client's pid reused by another process called udhcpc (here a sleep by that name, outside the
+    namespace): down neither kills it nor counts it, and still releases the lease its dead client held."""
+    multiip("run", "--prefix", prefix, "--count", "2", "--dhcp", "udhcpc", "--yes", netns=lab.host_ns)
+    pidfile = Path(f"/run/multiip/{prefix}/{prefix}0.pid")
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    shutil.copy("/bin/sleep", tmp_path / "udhcpc")
+    stranger = subprocess.Popen([tmp_path / "udhcpc", "30"])
+    try:
+        pidfile.write_text(f"{stranger.pid}\n")
+        released = (lab.state_dir / "dnsmasq.log").read_text().count("DHCPRELEASE(lan0)")
+        cp = multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+        assert stranger.poll() is None, "down killed a process its pid file named but that was not its client"
+        assert "releasing 1 leases whose clients are gone" in cp.stderr
+        assert (lab.state_dir / "dnsmasq.log").read_text().count("DHCPRELEASE(lan0)") - released == 2
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_state_directory_that_is_a_symlink_is_refused(lab: labmod.Lab, prefix: str, tmp_path: Path) -> None:
+    state = Path(f"/run/multiip/{prefix}")
+    state.parent.mkdir(exist_ok=True)
+    state.symlink_to(tmp_path)
+    try:
+        before = host_state(lab.host_ns, prefix)
+        cp = multiip("run", "--prefix", prefix, "--count", "1", *STATIC, "--yes", netns=lab.host_ns, check=False)
+        assert cp.returncode != 0 and "is a symlink, not a directory or not owned by root" in cp.stderr
+        assert host_state(lab.host_ns, prefix) == before and list(tmp_path.iterdir()) == []
+    finally:
+        state.unlink()
+
+
+def test_workers_and_the_sink_never_import_from_the_current_directory(lab: labmod.Lab, tmp_path: Path) -> None:
+    """A planted ./multiip package: hold (run as root, from that directory) starts its workers isolated."""
+    prefix = "w" + lab.name[2:]
+    planted = tmp_path / "multiip"
+    planted.mkdir()
+    marker = tmp_path / "pwned"
+    for module in ("__init__.py", "holdworker.py", "sink.py", "limits.py"):
+        (planted / module).write_text(f"open({str(marker)!r}, 'w').close()\n")
+    multiip("run", "--prefix", prefix, "--count", "1", *STATIC, "--yes", netns=lab.host_ns)
+    try:
+        cp = subprocess.run(
+            [sys.executable, "-I", "-m", "multiip", "hold", f"{lab.lan_ip}:{lab.port}", "--prefix", prefix,
+             "--per-ip", "10", "--duration", "0"],
+            cwd=tmp_path, capture_output=True, text=True,
+        )  # fmt: skip
+        assert cp.returncode == 0, cp.stderr
+        assert not marker.exists(), "a worker imported the planted package"
+    finally:
+        multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+
+
+def test_a_bridge_no_setup_made_is_never_taken_over_or_removed(lab: labmod.Lab, prefix: str) -> None:
+    """The host's own bridge with eth0 in it and no multiip record: down leaves it alone. A bridge with a
+    port or an address (docker0, virbr0) is refused; an empty one is used and left in place."""
+    bridge = f"{prefix}br"
+    own = [f"link add name {bridge} type bridge", f"link set dev eth0 master {bridge}", f"link set dev {bridge} up",
+           "address del 198.18.0.2/15 dev eth0", f"address add 198.18.0.2/15 dev {bridge}",
+           f"route replace default via 198.18.0.1 dev {bridge}"]  # fmt: skip
+    undo = ["link set dev eth0 nomaster", f"link del dev {bridge}", "address add 198.18.0.2/15 dev eth0",
+            "route replace default via 198.18.0.1 dev eth0"]  # fmt: skip
+    sh("ip", "-batch", "-", input="\n".join(own) + "\n", netns=lab.host_ns)
+    try:
+        theirs = host_state(lab.host_ns, prefix)
+        cp = multiip("down", "--prefix", prefix, "--bridge", bridge, "--yes", netns=lab.host_ns)
+        assert "nothing to do" in cp.stderr and host_state(lab.host_ns, prefix) == theirs
+        refused = multiip("run", "--prefix", prefix, "--bridge", bridge, "--uplink", "eth0", "--count", "1", *STATIC,
+                          "--yes", netns=lab.host_ns, check=False)  # fmt: skip
+        last = refused.stderr.strip().splitlines()[-1]
+        assert f"bridge {bridge} exists and no multiip setup made it (ports: eth0; addresses: 198.18.0.2/15)" in last
+        assert host_state(lab.host_ns, prefix) == theirs and not ours(prefix)
+    finally:
+        sh("ip", "-force", "-batch", "-", input="\n".join(undo) + "\n", netns=lab.host_ns)
+    empty = f"{prefix}e"
+    sh("ip", "link", "add", "name", empty, "type", "bridge", netns=lab.host_ns)
+    try:
+        multiip("run", "--prefix", prefix, "--bridge", empty, "--count", "1", *STATIC, "--yes", netns=lab.host_ns)
+        cp = multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+        assert f"{empty} was there before the setup: left in place" in cp.stderr
+        assert sh("ip", "link", "show", "dev", empty, netns=lab.host_ns, check=False).returncode == 0
+    finally:
+        sh("ip", "link", "del", "dev", empty, netns=lab.host_ns, check=False)
+
+
+def test_down_keeps_the_record_while_a_stranger_holds_a_port(lab: labmod.Lab, prefix: str) -> None:
+    before = host_state(lab.host_ns, prefix)
+    multiip("run", "--prefix", prefix, "--count", "1", *STATIC, "--yes", netns=lab.host_ns)
+    sh("ip", "-batch", "-", input="link add zz0 type veth peer name zz1\nlink set dev zz0 master br0\n", netns=lab.host_ns)
+    cp = multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns, check=False)
+    assert cp.returncode != 0 and "br0 has ports that are not multiip's: zz0" in cp.stderr.splitlines()[-1]
+    assert Path(f"/run/multiip/{prefix}/setup.env").exists() and not ours(prefix)
+    sh("ip", "link", "del", "dev", "zz0", netns=lab.host_ns)
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert host_state(lab.host_ns, prefix) == before
+
+
+def test_tune_host_with_two_setups_restores_when_the_last_goes(
+    lab: labmod.Lab, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "sys"
+    values = {"net/ipv4/neigh/default/gc_thresh1": "128", "net/ipv4/neigh/default/gc_thresh2": "512",
+              "net/ipv4/neigh/default/gc_thresh3": "100", "net/core/netdev_max_backlog": "100"}  # fmt: skip
+    for key, value in values.items():
+        (fake / key).parent.mkdir(parents=True, exist_ok=True)
+        (fake / key).write_text(value + "\n")
+    monkeypatch.setenv("MULTIIP_SYSCTL_DIR", str(fake))
+    other = prefix + "o"
+    multiip("run", "--prefix", prefix, "--count", "2", *STATIC, "--tune-host", "--yes", netns=lab.host_ns)
+    multiip("run", "--prefix", other, "--count", "2", "--dhcp", "none", "--address", "198.18.251.1/15",
+            "--tune-host", "--yes", netns=lab.host_ns)  # fmt: skip
+    raised = {k: (fake / k).read_text().strip() for k in values}
+    assert raised["net/ipv4/neigh/default/gc_thresh3"] == "260"
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert {k: (fake / k).read_text().strip() for k in values} == raised, "the first down lowered them under the other"
+    multiip("down", "--prefix", other, "--yes", netns=lab.host_ns)
+    assert {k: (fake / k).read_text().strip() for k in values} == values
+    assert not Path("/run/multiip/host-limits").exists()
