@@ -238,6 +238,97 @@ def hold_cmd(
         raise typer.Exit(130)
 
 
+@app.command()
+@with_options(options.PREFIX)
+def addrs(
+    fmt: Annotated[
+        options.AddressFormat,
+        typer.Option("--format", help="plain: one per line; json; k6: comma-separated (--local-ips); args: tcpkali's."),
+    ] = options.AddressFormat.plain,
+    **opts: Any,
+) -> None:
+    """Print the setup's source addresses, for load tools that bind them themselves.
+
+    Example: k6 run --local-ips "$(multiip addrs --format k6)" script.js
+    """
+    from multiip import state
+    from multiip.plan import make_target
+
+    rows = state.addressed(make_target(opts["prefix"]))
+    ips = [(r.ipv4 or "").split("/")[0] for r in rows]
+    if fmt is options.AddressFormat.json:
+        print(json.dumps([{"namespace": r.name, "ip": ip} for r, ip in zip(rows, ips, strict=True)], indent=2))
+    elif fmt is options.AddressFormat.k6:
+        print(",".join(ips))
+    elif fmt is options.AddressFormat.args:
+        print(" ".join(f"--source-ip {ip}" for ip in ips))
+    else:
+        print("\n".join(ips))
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+@with_options(options.PREFIX)
+def exec_cmd(
+    command: Annotated[
+        list[str] | None, typer.Argument(metavar="[NS] -- CMD...", help="A namespace of the setup, then the command.")
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="Run CMD in every namespace of the setup.")] = False,
+    parallel: Annotated[int, typer.Option(help="At most this many runs at a time.")] = 64,
+    output: Annotated[
+        str | None, typer.Option(metavar="DIR", help="Write each namespace's output to DIR/NS.log instead.")
+    ] = None,
+    json_out: Json = False,
+    **opts: Any,
+) -> None:
+    """Run a command in one namespace or in all of them, in parallel, with {ns}, {ip} and {index} replaced
+    in its arguments (and MULTIIP_NS, MULTIIP_IP, MULTIIP_INDEX in its environment).
+
+    Example: sudo multiip exec --all -- wrk -c 19000 -d 60s http://10.0.0.5/
+    """
+    from pathlib import Path
+
+    from multiip import fanout, state, ui
+    from multiip.plan import make_target
+
+    args = list(command or [])
+    chosen = None if every else (args.pop(0) if args else None)
+    if args and args[0] == "--":
+        args.pop(0)
+    if not every and (chosen is None or not args):
+        raise MultiipError(
+            "exec: name a namespace of the setup, or pass --all; then the command: multiip exec NS -- CMD"
+        )
+    if not args:
+        raise MultiipError("exec: no command: multiip exec --all -- CMD ARGS...")
+    options.parallel(parallel)
+    out_dir = Path(output) if output else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    _need_root("exec")
+    rows = state.addressed(make_target(opts["prefix"]))
+    targets = [fanout.Target(r.name, (r.ipv4 or "").split("/")[0], i) for i, r in enumerate(rows)]
+    if chosen is not None:
+        targets = [t for t in targets if t.namespace == chosen]
+        if not targets:
+            names = ", ".join(r.name for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise MultiipError(f"exec: {chosen} is not a namespace of setup {opts['prefix']} ({names})")
+    width = max(len(t.namespace) for t in targets)
+
+    def show(namespace: str, line: str) -> None:
+        print(f"{namespace:<{width}} | {line}", flush=True)
+
+    summary = fanout.fan_out(targets, args, parallel, show, out_dir)
+    ui.exec_table(summary)
+    if json_out:
+        print(json.dumps(summary, indent=2))
+    failed = [r for r in summary if r["exit"] != 0]
+    if failed:
+        raise MultiipError(
+            f"exec: {len(failed)} of {len(summary)} runs failed ({failed[0]['namespace']}: exit {failed[0]['exit']})",
+            exit_code=1,
+        )
+
+
 @app.command("demo")
 def demo_cmd(count: Annotated[int, typer.Option("--count", "-n", help="How many namespaces.")] = 4) -> None:
     """Show it working without touching this host's network: lab up, run, status, hold, down.

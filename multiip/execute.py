@@ -128,10 +128,12 @@ def capture(argv: Sequence[str], ok: Sequence[int] = (0,)) -> str:
         raise MultiipError(f"{' '.join(argv[:3])}: {err[-1] if err else f'exit {e.exit_code}'}") from None
 
 
-def spawn(argv: Sequence[str]) -> subprocess.Popen[bytes]:
-    """Start a long-running helper whose stdout the caller reads; in its own session, so a Ctrl-C
-    reaches only the caller, which stops it in order; in /, so nothing resolves against the caller's
-    directory."""
+def spawn(
+    argv: Sequence[str], cwd: str = "/", env: dict[str, str] | None = None, stderr: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a long-running program whose stdout the caller reads; in its own session, so a Ctrl-C
+    reaches only the caller, which stops it in order (the whole session: what it started too). In / by
+    default, so nothing resolves against the caller's directory."""
     path = which(argv[0])
     if path is None:
         raise MultiipError(f"{argv[0]} not found")
@@ -139,10 +141,31 @@ def spawn(argv: Sequence[str]) -> subprocess.Popen[bytes]:
         [path, *argv[1:]],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        env=environment(),
-        cwd="/",
+        stderr=stderr,
+        env={**environment(), **(env or {})},
+        cwd=cwd,
         start_new_session=True,
     )
+
+
+def stop_session(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM a spawned program's whole session, SIGKILL it after ``grace`` seconds, reap it."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # what the program left in its session goes with it
+
+
+def in_netns_with_resolver(namespace: str, argv: Sequence[str]) -> list[str]:
+    """argv run in a named network namespace with its own /etc/netns/<ns> files (resolv.conf) bound over
+    /etc: `ip netns exec`, for commands users run there."""
+    return ["ip", "netns", "exec", namespace, *argv]
 
 
 def python_module(module: str, *args: str) -> list[str]:

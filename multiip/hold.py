@@ -69,16 +69,7 @@ def _read_int(path: str) -> int | None:
 
 
 def plan_shares(target: Target, per_ip: int | None) -> list[Share]:
-    record = state.read_record(target)
-    members = state.present(record) if record else []
-    if not members:
-        raise MultiipError(
-            f"no setup with prefix {target.prefix} on this host: multiip status --prefix {target.prefix}"
-        )
-    rows = [state.namespace_status(m, None) for m in members]
-    missing = [r.name for r in rows if not r.ipv4]
-    if missing:
-        raise MultiipError(f"no IPv4 address in {', '.join(missing)}: see multiip status --prefix {target.prefix}")
+    rows = state.addressed(target)
     per_worker = fd_limit() - FD_MARGIN
     shares = []
     for r in rows:

@@ -34,6 +34,13 @@ class BridgeTool(StrEnum):
     brctl = "brctl"
 
 
+class AddressFormat(StrEnum):
+    plain = "plain"  # one per line
+    json = "json"  # a JSON list of {"namespace", "ip"}
+    k6 = "k6"  # one comma-separated line, for k6 --local-ips
+    args = "args"  # --source-ip A --source-ip B ..., for tcpkali
+
+
 @dataclass(frozen=True)
 class Spec:
     """One option: ``--name-with-dashes``, its default and help. The CLI and Plan.args() read these."""
@@ -248,3 +255,12 @@ def hold_limits(per_ip: int | None, duration: float | None, rate: float) -> None
         raise MultiipError(f"--duration {duration}: must be 0 or more")
     if rate < 0:
         raise MultiipError(f"--rate {rate}: must be 0 or more")
+
+
+# --- multiip exec
+
+
+def parallel(value: int) -> int:
+    if value < 1:
+        raise MultiipError(f"--parallel {value}: must be at least 1")
+    return value

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from multiip import execute
+from multiip.errors import MultiipError
 from multiip.plan import Target
 
 # One process per namespace reads its links/addresses, default route and port range.
@@ -173,3 +174,20 @@ def status(target: Target) -> dict[str, Any]:
         "state": str(target.state_dir) if record else None,
         "namespaces": [asdict(r) for r in rows],
     }
+
+
+def addressed(target: Target) -> list[NamespaceStatus]:
+    """Each recorded namespace that exists, in the record's order; an error if there is none, or if one
+    has no IPv4 address (yet)."""
+    record = read_record(target)
+    members = present(record) if record else []
+    if not members:
+        raise MultiipError(
+            f"no setup with prefix {target.prefix} on this host: multiip status --prefix {target.prefix}"
+        )
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        rows = list(pool.map(lambda m: namespace_status(m, None), members))
+    missing = [r.name for r in rows if not r.ipv4]
+    if missing:
+        raise MultiipError(f"no IPv4 address in {', '.join(missing)}: see multiip status --prefix {target.prefix}")
+    return rows

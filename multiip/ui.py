@@ -137,6 +137,16 @@ class HoldProgress:
             console.print(f"  {phase}: {established:,}/{total:,} established, {rate:,.0f} conn/s", markup=False)
 
 
+def exec_table(rows: list[dict[str, Any]]) -> None:
+    table = Table(title=f"multiip exec: {len(rows)} runs", title_justify="left")
+    for col in ("namespace", "IP", "exit", "seconds"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("exit", "seconds") else "left")
+    for r in rows:
+        code = "-" if r["exit"] is None else str(r["exit"])
+        table.add_row(r["namespace"], r["ip"], code if r["exit"] == 0 else f"[red]{code}[/red]", f"{r['seconds']:.2f}")
+    console.print(table)
+
+
 def hold_table(result: dict[str, Any]) -> None:
     table = Table(title=f"connections to {result['server']}", title_justify="left")
     for col in ("namespace", "IP", "connections", "failed"):

@@ -164,7 +164,8 @@ def test_a_bridge_no_setup_made_is_never_taken_over_or_removed(lab: labmod.Lab, 
 def test_down_keeps_the_record_while_a_stranger_holds_a_port(lab: labmod.Lab, prefix: str) -> None:
     before = host_state(lab.host_ns, prefix)
     multiip("run", "--prefix", prefix, "--count", "1", *STATIC, "--yes", netns=lab.host_ns)
-    sh("ip", "-batch", "-", input="link add zz0 type veth peer name zz1\nlink set dev zz0 master br0\n", netns=lab.host_ns)
+    stranger = "link add zz0 type veth peer name zz1\nlink set dev zz0 master br0\n"
+    sh("ip", "-batch", "-", input=stranger, netns=lab.host_ns)
     cp = multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns, check=False)
     assert cp.returncode != 0 and "br0 has ports that are not multiip's: zz0" in cp.stderr.splitlines()[-1]
     assert Path(f"/run/multiip/{prefix}/setup.env").exists() and not ours(prefix)
@@ -194,3 +195,32 @@ def test_tune_host_with_two_setups_restores_when_the_last_goes(
     multiip("down", "--prefix", other, "--yes", netns=lab.host_ns)
     assert {k: (fake / k).read_text().strip() for k in values} == values
     assert not Path("/run/multiip/host-limits").exists()
+
+
+@pytest.mark.parametrize("who", ["terminal", "python"])
+def test_ctrl_c_under_run_waits_for_the_script_and_says_where(lab: labmod.Lab, prefix: str, who: str) -> None:
+    """Ctrl-C on a terminal reaches python and the script; a SIGINT to python alone is passed on to the
+    script. Either way python waits for the script to stop (its rollback included) and says where."""
+    before = host_state(lab.host_ns, prefix)
+    proc = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{lab.host_ns}", sys.executable, "-m", "multiip", "run", "--prefix", prefix,
+         "--count", "300", *STATIC, "--yes"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "[4/6]" in line:
+            if who == "terminal":
+                os.killpg(proc.pid, signal.SIGINT)
+            else:
+                os.kill(proc.pid, signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith('multiip: error: interrupted during step "300 namespaces'), rest
+    assert last.endswith("`multiip down` removes what the setup made so far"), last
+    assert "Traceback" not in rest
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert host_state(lab.host_ns, prefix) == before

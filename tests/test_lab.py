@@ -27,7 +27,10 @@ def releases(lab: labmod.Lab) -> int:
 
 
 def active_leases(lab: labmod.Lab) -> int:
-    return len((lab.state_dir / "dnsmasq.leases").read_text().splitlines())
+    """Leases the lab's server holds, but the lab host's own (a setup renews it on the bridge and never
+    releases it: the address goes back to the host's uplink)."""
+    lines = (lab.state_dir / "dnsmasq.leases").read_text().splitlines()
+    return len([line for line in lines if f" {lab.host_mac} " not in line])
 
 
 def render_to(tmp_path: Path, name: str, *args: str) -> Path:
@@ -341,8 +344,7 @@ def test_interrupted_setup_says_so_and_down_cleans_up(lab: labmod.Lab, prefix: s
     )  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:
-        made = re.search(r"progress namespaces (\d+)/300", line)
-        if made and int(made[1]) < 300:
+        if line.startswith("multiip: [4/6]"):  # making the namespaces, in chunks
             proc.send_signal(signal.SIGTERM)
             break
     rest = proc.stderr.read()
@@ -388,7 +390,7 @@ def test_two_setups_share_a_bridge_and_the_first_down_leaves_the_other_working(l
     multiip("run", "--prefix", other, "--count", "2", "--yes", netns=lab.host_ns)
     try:
         cp = multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
-        assert "still has other ports" in cp.stderr
+        assert "still has other setups' ports" in cp.stderr
         assert not ours(prefix)
         check_dhcp_setup(lab, other, 2)  # untouched: addresses, clients alive
         assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "br0"

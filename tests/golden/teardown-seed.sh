@@ -282,7 +282,9 @@ dhcp_release() {  # $1 client, $2 key, $3 interface: make the client send DHCPRE
   case $1 in
     udhcpc) if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi ;;  # started with -R: releases on exit
     dhclient)  # it kills what its pid file names: only a verified one
-      resolv_in "$2" dhclient -4 -r -pf "${PID:+$PIDFILE}${PID:-/dev/null}" -lf "$LEASEFILE" "$3" >>"$log" 2>&1 || true ;;
+      local pidfile=/dev/null
+      [[ -z $PID ]] || pidfile=$PIDFILE
+      resolv_in "$2" dhclient -4 -r -pf "$pidfile" -lf "$LEASEFILE" "$3" >>"$log" 2>&1 || true ;;
     dhcpcd) resolv_in "$2" dhcpcd -4 -k "$3" >>"$log" 2>&1 || true ;;
   esac
 }

@@ -1,0 +1,134 @@
+"""``multiip exec``: one command in each namespace of a setup, in parallel, its output line by line.
+
+Each run gets ``{ns}``, ``{ip}`` and ``{index}`` replaced in its arguments and ``MULTIIP_NS``,
+``MULTIIP_IP``, ``MULTIIP_INDEX`` in its environment, the open-file soft limit raised to the hard one and
+the namespace's own resolver file. Runs start in their own sessions; Ctrl-C, an error or the end stops
+every session that is still there, so no process outlives the command.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from multiip import execute
+from multiip.limits import raise_fd_limit
+
+
+@dataclass
+class Target:
+    """One namespace to run in."""
+
+    namespace: str
+    ip: str
+    index: int
+
+
+@dataclass
+class Run:
+    target: Target
+    proc: subprocess.Popen[bytes]
+    started: float
+    sink: IO[bytes] | None = None  # --output: the file its lines go to
+    buf: bytes = b""
+    ended: float | None = None
+    code: int | None = None
+
+
+def argv_for(command: Sequence[str], target: Target) -> list[str]:
+    """The command with {ns}, {ip} and {index} replaced in each argument."""
+    values = {"{ns}": target.namespace, "{ip}": target.ip, "{index}": str(target.index)}
+    out = []
+    for arg in command:
+        for key, value in values.items():
+            arg = arg.replace(key, value)
+        out.append(arg)
+    return out
+
+
+def fan_out(
+    targets: list[Target],
+    command: Sequence[str],
+    parallel: int,
+    show: Callable[[str, str], None],
+    output: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``command`` in every target, at most ``parallel`` at a time; ``show(namespace, line)`` gets each
+    line (unless ``output`` is a directory that gets one file per namespace). Returns one summary row
+    per target: namespace, ip, exit code (negative: killed by that signal), seconds."""
+    raise_fd_limit()  # the runs inherit it: as many sockets as this host allows a process
+    waiting = list(targets)
+    running: list[Run] = []
+    done: list[Run] = []
+    sel = selectors.DefaultSelector()
+    cwd = os.getcwd()
+    try:
+        while waiting or running:
+            while waiting and len(running) < parallel:
+                target = waiting.pop(0)
+                env = {"MULTIIP_NS": target.namespace, "MULTIIP_IP": target.ip, "MULTIIP_INDEX": str(target.index)}
+                argv = execute.in_netns_with_resolver(target.namespace, argv_for(command, target))
+                proc = execute.spawn(argv, cwd=cwd, env=env, stderr=subprocess.STDOUT)
+                run = Run(target, proc, time.monotonic())
+                if output is not None:
+                    run.sink = (output / f"{target.namespace}.log").open("wb")
+                assert proc.stdout is not None
+                os.set_blocking(proc.stdout.fileno(), False)
+                sel.register(proc.stdout, selectors.EVENT_READ, run)
+                running.append(run)
+            for key, _ in sel.select(0.2):
+                run = key.data
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    run.code = run.proc.wait()
+                    run.ended = time.monotonic()
+                    _emit(run, run.buf, show, final=True)
+                    running.remove(run)
+                    done.append(run)
+                    execute.stop_session(run.proc, grace=0.5)  # what it left behind in its session
+                    continue
+                run.buf += chunk
+                *lines, run.buf = run.buf.split(b"\n")
+                for line in lines:
+                    _emit(run, line + b"\n", show)
+    finally:
+        for run in running:  # Ctrl-C or an error: every session still there goes
+            execute.stop_session(run.proc)
+            run.code = run.proc.returncode
+            run.ended = time.monotonic()
+            done.append(run)
+        for run in done:
+            if run.sink is not None:
+                run.sink.close()
+        sel.close()
+    order = {t.namespace: i for i, t in enumerate(targets)}
+    done.sort(key=lambda r: order[r.target.namespace])
+    return [
+        {
+            "namespace": r.target.namespace,
+            "ip": r.target.ip,
+            "exit": r.code,
+            "seconds": round((r.ended or time.monotonic()) - r.started, 3),
+        }
+        for r in done
+    ]
+
+
+def _emit(run: Run, data: bytes, show: Callable[[str, str], None], final: bool = False) -> None:
+    if not data:
+        return
+    if run.sink is not None:
+        run.sink.write(data)
+        return
+    text = data.decode(errors="replace")
+    if final and not text.endswith("\n"):
+        text += "\n"
+    for line in text.splitlines():
+        show(run.target.namespace, line)

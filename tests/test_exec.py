@@ -1,0 +1,167 @@
+"""`multiip exec` and `multiip addrs`, as root in the lab: commands in every namespace of a setup."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import multiip, ours, processes
+
+from multiip import lab as labmod
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def three(lab: labmod.Lab) -> Iterator[str]:
+    p = f"e{lab.name[2:]}"
+    multiip("run", "--prefix", p, "--count", "3", "--yes", netns=lab.host_ns)
+    try:
+        yield p
+    finally:
+        multiip("down", "--prefix", p, "--yes", netns=lab.host_ns)
+
+
+def test_addrs_in_every_format(three: str) -> None:
+    status = json.loads(multiip("status", "--prefix", three, "--json").stdout)["namespaces"]
+    ips = [r["ipv4"].split("/")[0] for r in status]
+    assert multiip("addrs", "--prefix", three).stdout.split() == ips
+    assert json.loads(multiip("addrs", "--prefix", three, "--format", "json").stdout) == [
+        {"namespace": r["name"], "ip": ip} for r, ip in zip(status, ips, strict=True)
+    ]
+    assert multiip("addrs", "--prefix", three, "--format", "k6").stdout == ",".join(ips) + "\n"
+    assert multiip("addrs", "--prefix", three, "--format", "args").stdout.split() == [
+        w for ip in ips for w in ("--source-ip", ip)
+    ]
+
+
+def test_exec_all_replaces_placeholders_raises_the_fd_limit_and_binds_the_resolver(lab: labmod.Lab, three: str) -> None:
+    script = (
+        'echo "{ns} {ip} {index} $MULTIIP_NS $MULTIIP_IP $MULTIIP_INDEX $(ulimit -n) $(ulimit -Hn)"; '
+        "cat /etc/resolv.conf"
+    )
+    cp = multiip("exec", "--prefix", three, "--all", "--json", "--", "sh", "-c", script)
+    ips = multiip("addrs", "--prefix", three).stdout.split()
+    lines = [line for line in cp.stdout.splitlines() if " | " in line]
+    for i, ip in enumerate(ips):
+        ns = f"{three}{i}"
+        mine = [line.split(" | ", 1)[1] for line in lines if line.startswith(f"{ns} ")]
+        soft, hard = mine[0].split()[-2:]
+        assert mine[0].split()[:6] == [ns, ip, str(i), ns, ip, str(i)] and soft == hard, mine
+        assert f"nameserver {lab.lan_ip}" in mine, mine  # the namespace's own resolver file
+    summary = json.loads(cp.stdout[cp.stdout.index("[\n") :])
+    assert [(r["namespace"], r["exit"]) for r in summary] == [(f"{three}{i}", 0) for i in range(3)]
+
+
+def test_exec_one_namespace_and_the_exit_status(three: str, tmp_path: Path) -> None:
+    one = multiip("exec", "--prefix", three, f"{three}1", "--", "echo", "hello from {ns}")
+    assert [line for line in one.stdout.splitlines() if " | " in line] == [f"{three}1 | hello from {three}1"]
+    failed = multiip("exec", "--prefix", three, "--all", "--output", str(tmp_path), "--", "sh", "-c",
+                     "echo out {index}; exit {index}", check=False)  # fmt: skip
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1] == "multiip: error: exec: 2 of 3 runs failed (" + three + "1: exit 1)"
+    assert (tmp_path / f"{three}2.log").read_text() == "out 2\n" and " | " not in failed.stdout
+
+
+def test_ctrl_c_stops_every_run(three: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "multiip", "exec", "--prefix", three, "--all", "--", "sleep", "37"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(len(processes(ns, "sleep")) for ns in ours(three)) < 3:
+        time.sleep(0.1)
+    assert sum(len(processes(ns, "sleep")) for ns in ours(three)) == 3
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert sum(len(processes(ns, "sleep")) for ns in ours(three)) == 0, "a run outlived multiip exec"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prefix", "nosetup", "--all", "--", "true"], "no setup with prefix nosetup"),
+        (["--all"], "no command"),
+        (["--all", "--"], "no command"),
+        (["--", "true"], "name a namespace of the setup, or pass --all"),
+        (["--all", "--parallel", "0", "--", "true"], "--parallel 0"),
+    ],
+)
+def test_bad_exec_input_is_one_line(args: list[str], message: str) -> None:
+    cp = multiip("exec", *args, check=False)
+    assert cp.returncode != 0 and len(cp.stderr.splitlines()) == 1 and message in cp.stderr, cp.stderr
+
+
+def test_exec_a_namespace_not_of_the_setup(three: str) -> None:
+    cp = multiip("exec", "--prefix", three, "nosuch0", "--", "true", check=False)
+    assert cp.returncode != 0 and f"nosuch0 is not a namespace of setup {three}" in cp.stderr
+
+
+NGINX = """
+worker_processes 4;
+worker_rlimit_nofile 20000;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+daemon off;
+user root;
+events {{ worker_connections 19900; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  keepalive_timeout 120s;
+  keepalive_requests 100000000;
+  server {{ listen {ip}:8080 reuseport backlog=65535; location / {{ return 200 "ok\\n"; }} }}
+}}
+"""
+
+
+def established(netns: str, port: int) -> int:
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "ss", "-Htn", "state", "established",
+                          f"( sport = :{port} )"], capture_output=True, text=True).stdout  # fmt: skip
+    return len(out.splitlines())
+
+
+@pytest.mark.skipif(
+    not shutil.which("wrk") or not shutil.which("nginx", path="/usr/sbin:/sbin"), reason="needs wrk, nginx"
+)
+def test_wrk_from_four_namespaces_holds_more_than_one_ip_can_to_one_nginx(lab: labmod.Lab, tmp_path: Path) -> None:
+    """A real HTTP server on the lab's LAN (nginx, four workers) and Debian's wrk in four namespaces through
+    `exec --all`: the server sees more than 64,512 connections established at once from one host."""
+    prefix = f"w{lab.name[2:]}"
+    (tmp_path / "nginx.conf").write_text(NGINX.format(tmp=tmp_path, ip=lab.lan_ip))
+    server = subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.lan_ns}", "/usr/sbin/nginx", "-c",
+                               str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])  # fmt: skip
+    multiip("run", "--prefix", prefix, "--count", "4", "--yes", netns=lab.host_ns)
+    try:
+        client = subprocess.Popen(
+            [sys.executable, "-m", "multiip", "exec", "--prefix", prefix, "--all", "--json", "--", "wrk", "-t", "2",
+             "-c", "17000", "-d", "12s", "--timeout", "10s", f"http://{lab.lan_ip}:8080/"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        most = 0
+        deadline = time.monotonic() + 30
+        while client.poll() is None and time.monotonic() < deadline:
+            most = max(most, established(lab.lan_ns, 8080))
+            time.sleep(0.5)
+        out, err = client.communicate(timeout=60)
+        assert client.returncode == 0, err[-2000:]
+        assert most > 64512, f"the server saw at most {most:,} connections at once"
+        rates = [float(m) for m in re.findall(r"\| Requests/sec:\s+([\d.]+)", out)]
+        assert len(rates) == 4 and all(r > 0 for r in rates), out[-2000:]
+    finally:
+        multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+        server.terminate()
+        server.wait(timeout=20)
