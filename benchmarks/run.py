@@ -8,10 +8,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import clients
 import million
 import scale
 
-BENCHMARKS = {"scale": scale.main, "million": million.main}
+BENCHMARKS = {"scale": scale.main, "million": million.main, "clients": clients.main}
 
 if __name__ == "__main__":
     if os.geteuid() != 0:

@@ -19,7 +19,7 @@ from multiip import __version__, options
 from multiip.errors import MultiipError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -119,19 +119,40 @@ def _uplink_words(uplink: str) -> str:
 @with_options(*options.SETUP)
 def render_cmd(
     teardown: Annotated[bool, typer.Option(help="Print the script that undoes the setup.")] = False,
+    systemd: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DIR",
+            help="Write a systemd service (made at boot, undone on stop) and the two scripts it runs into DIR.",
+        ),
+    ] = None,
     **opts: Any,
 ) -> None:
     """Print a standalone bash script of the setup (or, with --teardown, of its undoing).
 
     Example: multiip render --count 20 > setup.sh && multiip render --teardown > teardown.sh
     """
+    from pathlib import Path
+
     from multiip import render
     from multiip.plan import make_plan, make_target
 
     if teardown:
         sys.stdout.write(render.teardown_script(make_target(opts["prefix"], opts["bridge"], opts["uplink"])))
         return
-    sys.stdout.write(render.setup_script(make_plan(**opts)))
+    plan = make_plan(**opts)
+    if systemd is None:
+        sys.stdout.write(render.setup_script(plan))
+        return
+    if plan.confirm:
+        raise MultiipError(
+            "--confirm asks on a terminal, which a service at boot does not have: drop it with --systemd"
+        )
+    directory = Path(systemd).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in render.systemd_files(plan, str(directory)).items():
+        (directory / name).write_text(text)
+        print(directory / name)
 
 
 @app.command()
@@ -370,7 +391,10 @@ def lab_up(
 
 @lab_app.command("down")
 def lab_down(name: LabName = "mlab") -> None:
-    """Remove the lab: sink, DHCP server, namespaces, state."""
+    """Remove the lab: sink, DHCP server, its host's manager, namespaces, state.
+
+    Example: sudo multiip lab down --name mlab
+    """
     from multiip import lab
 
     the_lab = lab.make_lab(name)
@@ -383,7 +407,10 @@ def lab_exec(
     command: Annotated[list[str], typer.Argument(help="Command to run with the lab host's network.")],
     name: LabName = "mlab",
 ) -> None:
-    """Run COMMAND as the lab host: in its network namespace only (nsenter --net)."""
+    """Run COMMAND as the lab host: in its network namespace only (nsenter --net).
+
+    Example: sudo multiip lab exec --name mlab -- multiip run --count 4 --yes
+    """
     from multiip import execute, lab
 
     the_lab = lab.make_lab(name)
@@ -393,7 +420,10 @@ def lab_exec(
 
 @lab_app.command("status")
 def lab_status(name: LabName = "mlab", json_out: Json = False) -> None:
-    """What the lab's sink holds now, per source IP."""
+    """What the lab's sink holds now, per source IP.
+
+    Example: sudo multiip lab status --name mlab --json
+    """
     from multiip import lab, ui
 
     the_lab = lab.make_lab(name)

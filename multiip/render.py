@@ -52,3 +52,14 @@ def setup_script(plan: Plan) -> str:
 
 def teardown_script(target: Target) -> str:
     return render("teardown.sh.j2", t=target)
+
+
+def systemd_files(plan: Plan, directory: str) -> dict[str, str]:
+    """A service that makes the setup at boot and undoes it on stop, and the two scripts it runs, by file
+    name (all to go into ``directory``, an absolute path)."""
+    unit = f"multiip-{plan.target.prefix}.service"
+    setup, teardown = f"multiip-{plan.target.prefix}-setup.sh", f"multiip-{plan.target.prefix}-teardown.sh"
+    service = render(
+        "multiip.service.j2", plan=plan, t=plan.target, directory=directory, unit=unit, setup=setup, teardown=teardown
+    )
+    return {unit: service, setup: setup_script(plan), teardown: teardown_script(plan.target)}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import multiip, ours
@@ -104,3 +107,21 @@ def test_status_json_with_nothing_set_up() -> None:
 
 def test_version() -> None:
     assert multiip("--version").stdout.startswith("multiip ")
+
+
+def test_every_command_has_an_example_in_its_help() -> None:
+    for command in (["render"], ["run"], ["down"], ["status"], ["hold"], ["exec"], ["addrs"], ["demo"],
+                    ["lab", "up"], ["lab", "down"], ["lab", "exec"], ["lab", "status"]):  # fmt: skip
+        help_text = multiip(*command, "--help").stdout
+        assert "Example: " in help_text and "multiip " in help_text.split("Example: ")[1], command
+
+
+def test_shell_completion_after_install() -> None:
+    """The installed command completes its own commands and options in bash."""
+    exe = str(Path(sys.executable).with_name("multiip"))
+    script = subprocess.run([exe, "--show-completion", "bash"], capture_output=True, text=True, check=True).stdout
+    assert "_MULTIIP_COMPLETE=complete_bash" in script
+    env = {**os.environ, "_MULTIIP_COMPLETE": "complete_bash", "COMP_WORDS": "multiip re", "COMP_CWORD": "1"}
+    assert subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split() == ["render"]
+    env = {**env, "COMP_WORDS": "multiip run --dh", "COMP_CWORD": "2"}
+    assert subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split() == ["--dhcp"]

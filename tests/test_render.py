@@ -180,3 +180,24 @@ def test_wheel_ships_templates(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert cp.stdout.strip() == str(target / "multiip" / "templates")
+
+
+def test_systemd_service_runs_the_rendered_scripts(tmp_path: Path) -> None:
+    from helpers import multiip
+
+    out = multiip("render", "--systemd", str(tmp_path), "--count", "4", "--prefix", "boot").stdout.split()
+    unit, setup, teardown = (tmp_path / n for n in ("multiip-boot.service", "multiip-boot-setup.sh",
+                                                    "multiip-boot-teardown.sh"))  # fmt: skip
+    assert out == [str(unit), str(setup), str(teardown)]
+    text = unit.read_text()
+    assert f"ExecStart=/bin/bash {setup}\n" in text and f"ExecStop=/bin/bash {teardown}\n" in text
+    assert "Type=oneshot\nRemainAfterExit=yes\n" in text and "WantedBy=multi-user.target" in text
+    assert setup.read_text() == multiip("render", "--count", "4", "--prefix", "boot").stdout
+    assert teardown.read_text() == multiip("render", "--teardown", "--prefix", "boot").stdout
+    refused = multiip("render", "--systemd", str(tmp_path / "x"), "--confirm", "30", check=False)
+    assert refused.returncode != 0 and "--confirm asks on a terminal" in refused.stderr
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    cp = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert cp.returncode == 0 and cp.stderr == "", cp.stderr

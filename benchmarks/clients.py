@@ -1,0 +1,80 @@
+"""A real load client through `multiip exec --all`: Debian's wrk in 4 namespaces against one nginx
+ip:port on the lab's LAN (four workers, SO_REUSEPORT), 17,000 connections each. Measured in this run:
+the most connections the server held at once, the requests/s wrk reports, and the time from starting
+`multiip exec --all` to the server holding every connection."""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import lab_up, save, show
+
+from multiip import execute, render
+from multiip.plan import make_plan
+
+NAMESPACES, PER_NAMESPACE, SECONDS = 4, 17_000, 15
+NGINX = Path(__file__).parent.parent / "tests" / "test_exec.py"
+
+
+def established(netns: str, port: int) -> int:
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "ss", "-Htn", "state", "established",
+                          f"( sport = :{port} )"], capture_output=True, text=True).stdout  # fmt: skip
+    return len(out.splitlines())
+
+
+def main() -> dict[str, Any]:
+    sys.path.insert(0, str(NGINX.parent))
+    from test_exec import NGINX as CONF  # the one nginx configuration, shared with the test
+
+    tag = "".join(random.choices(string.ascii_lowercase, k=4))
+    with lab_up(f"cl{tag}", leases=64, capacity=1000) as the_lab, tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "nginx.conf").write_text(CONF.format(tmp=tmp, ip=the_lab.lan_ip))
+        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{the_lab.lan_ns}", "/usr/sbin/nginx", "-c",
+                                   f"{tmp}/nginx.conf", "-p", tmp])  # fmt: skip
+        plan = make_plan(prefix=f"c{tag}", count=NAMESPACES)
+        execute.run_script(render.setup_script(plan), show, netns=the_lab.host_ns)
+        try:
+            target = NAMESPACES * PER_NAMESPACE
+            t0 = time.monotonic()
+            client = subprocess.Popen(
+                [sys.executable, "-m", "multiip", "exec", "--prefix", plan.target.prefix, "--all", "--", "wrk", "-t",
+                 "2", "-c", str(PER_NAMESPACE), "-d", f"{SECONDS}s", "--timeout", "10s",
+                 f"http://{the_lab.lan_ip}:8080/"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            most, all_up = 0, None
+            while client.poll() is None:
+                now = established(the_lab.lan_ns, 8080)
+                most = max(most, now)
+                if all_up is None and now >= target:
+                    all_up = round(time.monotonic() - t0, 2)
+                time.sleep(0.25)
+            out, _ = client.communicate()
+            rates = [float(m) for m in re.findall(r"\| Requests/sec:\s+([\d.]+)", out)]
+        finally:
+            execute.run_script(render.teardown_script(plan.target), show, netns=the_lab.host_ns)
+            server.terminate()
+            server.wait()
+    result = {
+        "namespaces": NAMESPACES,
+        "connections_per_namespace": PER_NAMESPACE,
+        "server_held_at_once": most,
+        "seconds_to_every_connection": all_up,
+        "requests_per_second": round(sum(rates)),
+        "requests_per_second_per_namespace": rates,
+        "wrk_seconds": SECONDS,
+    }
+    save("clients", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
