@@ -87,5 +87,6 @@ def prefix(lab: labmod.Lab) -> Iterator[str]:
     """A fresh setup prefix; whatever a test leaves under it is torn down afterwards."""
     p = unique("t")
     yield p
-    if any(line.split()[0].startswith(p) for line in sh("ip", "netns", "list").stdout.splitlines() if line):
+    made = any(line.split()[0].startswith(p) for line in sh("ip", "netns", "list").stdout.splitlines() if line)
+    if made or Path(f"/run/multiip/{p}").exists():
         multiip("down", "--prefix", p, "--yes", netns=lab.host_ns, check=False)

@@ -333,10 +333,19 @@ def test_tune_host_needs_the_hosts_own_namespace(lab: labmod.Lab, prefix: str) -
     assert not ours(prefix)
 
 
-def test_interrupted_setup_says_so_and_down_cleans_up(lab: labmod.Lab, prefix: str, tmp_path: Path) -> None:
-    """A setup killed half-way (Ctrl-C, a dropped session) reports where, and `down` removes the rest."""
+def test_interrupted_setup_says_so_and_down_cleans_up(
+    lab: labmod.Lab, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A setup killed half-way (Ctrl-C, a dropped session) reports where, and `down` removes the rest.
+    600 namespaces are made in 6 chunks, two at a time: the first progress line comes once the third
+    starts, so a SIGTERM then leaves some made and some not, whatever the timing."""
+    fake = tmp_path / "sys"  # the host-wide limits 600 namespaces need (the lab's own are the defaults)
+    for key in ("net/ipv4/neigh/default/gc_thresh3", "net/core/netdev_max_backlog"):
+        (fake / key).parent.mkdir(parents=True, exist_ok=True)
+        (fake / key).write_text("4096\n")
+    monkeypatch.setenv("MULTIIP_SYSCTL_DIR", str(fake))
     before = host_state(lab.host_ns, prefix)
-    setup = render_to(tmp_path, "setup.sh", "--prefix", prefix, "--count", "300", "--dhcp", "none",
+    setup = render_to(tmp_path, "setup.sh", "--prefix", prefix, "--count", "600", "--dhcp", "none",
                       "--address", "198.18.220.1/15")  # fmt: skip
     proc = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{lab.host_ns}", "bash", str(setup)],
@@ -344,14 +353,15 @@ def test_interrupted_setup_says_so_and_down_cleans_up(lab: labmod.Lab, prefix: s
     )  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:
-        if line.startswith("multiip: [4/6]"):  # making the namespaces, in chunks
+        made = re.search(r"progress namespaces (\d+)/600", line)
+        if made and int(made[1]) < 600:
             proc.send_signal(signal.SIGTERM)
             break
     rest = proc.stderr.read()
     assert proc.wait(timeout=30) == 130
-    assert 'multiip: error: interrupted during step "300 namespaces' in rest, rest
+    assert 'multiip: error: interrupted during step "600 namespaces' in rest, rest
     made = ours(prefix)
-    assert 0 < len(made) < 300, "the test meant to interrupt a half-done setup"
+    assert 0 < len(made) < 600, f"the test meant to interrupt a half-done setup: {len(made)} made"
     time.sleep(1)
     assert ours(prefix) == made, "nothing the script started goes on after it exits"
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
