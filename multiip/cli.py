@@ -351,7 +351,12 @@ def exec_cmd(
 
 
 @app.command("demo")
-def demo_cmd(count: Annotated[int, typer.Option("--count", "-n", help="How many namespaces.")] = 4) -> None:
+def demo_cmd(
+    count: Annotated[int, typer.Option("--count", "-n", help="How many namespaces.")] = 4,
+    mode: Annotated[options.Mode, typer.Option(help="bridge, macvlan or ipvlan (see multiip run --help).")] = (
+        options.Mode.bridge
+    ),
+) -> None:
     """Show it working without touching this host's network: lab up, run, status, hold, down.
 
     Example: sudo multiip demo --count 4
@@ -360,8 +365,8 @@ def demo_cmd(count: Annotated[int, typer.Option("--count", "-n", help="How many 
     from multiip.plan import make_plan
 
     _need_root("demo")
-    plan = make_plan(count=count)  # validates --count before anything starts
-    result = demo.run(plan.count)
+    plan = make_plan(count=count, mode=mode)  # validates --count and --mode before anything starts
+    result = demo.run(plan.count, plan.mode)
     ui.console.print(ui.headline(result), markup=False)
     if result["established"] != result["target"]:
         raise MultiipError(f"held {result['established']:,} of {result['target']:,} connections", exit_code=1)

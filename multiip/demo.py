@@ -12,17 +12,19 @@ from multiip.plan import make_plan
 HOLD_SECONDS = 3.0
 
 
-def run(count: int) -> dict[str, Any]:
+def run(count: int, mode: str = "bridge") -> dict[str, Any]:
     """Lab up, `run --count N` as the lab host, status table, hold N x 64,512 connections to the lab's
     sink, teardown: also on Ctrl-C or failure. Returns the hold's result."""
     tag = "".join(random.choices(string.ascii_lowercase, k=4))  # names no other run uses
     the_lab = lab.make_lab(name=f"demo{tag}", leases=max(64, count * 2), capacity=count * 64512 + 10_000)
-    plan = make_plan(prefix=f"d{tag}", count=count)
+    plan = make_plan(prefix=f"d{tag}", count=count, mode=mode)
     target = plan.target
     with ui.ScriptProgress(f"multiip demo: lab {the_lab.name} (a host on a LAN, all in namespaces)") as show:
         execute.run_script(lab.up_script(the_lab), show)
     try:
-        with ui.ScriptProgress(f"multiip run --count {count} --prefix {target.prefix}, as the lab host") as show:
+        with ui.ScriptProgress(
+            f"multiip run --mode {mode} --count {count} --prefix {target.prefix}, as the lab host"
+        ) as show:
             execute.run_script(render.setup_script(plan), show, netns=the_lab.host_ns)
         ui.status_table(state.status(target))
         server = hold.Server(the_lab.lan_ip, the_lab.port)

@@ -19,6 +19,7 @@ from multiip.errors import MultiipError
 IFNAMSIZ = 15  # longest Linux interface name (IFNAMSIZ - 1)
 BRIDGE_MAX_PORTS = 1023  # BR_MAX_PORTS - 1 in net/bridge/br_private.h
 MAX_COUNT = BRIDGE_MAX_PORTS - 1  # one port is the uplink's
+MAX_LINKED = 4096  # macvlan/ipvlan: no bridge; multiip's own bound (each namespace is a few processes at setup)
 
 
 class Dhcp(StrEnum):
@@ -27,6 +28,12 @@ class Dhcp(StrEnum):
     dhclient = "dhclient"
     dhcpcd = "dhcpcd"
     none = "none"
+
+
+class Mode(StrEnum):
+    bridge = "bridge"  # the seed's: veths on a bridge that takes over the uplink
+    macvlan = "macvlan"  # a macvlan on the uplink per namespace, each with its own MAC; the uplink untouched
+    ipvlan = "ipvlan"  # an ipvlan (L2) on the uplink per namespace, all with the uplink's MAC (clouds, Wi-Fi)
 
 
 class BridgeTool(StrEnum):
@@ -65,6 +72,13 @@ UPLINK = Spec(
 TARGET = (PREFIX, BRIDGE, UPLINK)
 SETUP = (
     Spec("count", int, 20, "How many namespaces (source IPs).", short="-n"),
+    Spec(
+        "mode",
+        Mode,
+        Mode.bridge,
+        "bridge: the seed's (the uplink moves into a bridge); macvlan: one macvlan with its own MAC per namespace, "
+        "the uplink untouched; ipvlan: one ipvlan sharing the uplink's MAC (clouds, Wi-Fi).",
+    ),
     *TARGET,
     Spec(
         "dhcp",
@@ -137,13 +151,18 @@ def name(value: str, what: str, max_len: int = IFNAMSIZ) -> str:
     return value
 
 
-def count(value: int) -> int:
+def count(value: int, mode: str = "bridge") -> int:
     if value <= 0:
         raise MultiipError(f"--count {value}: must be at least 1")
+    if mode != "bridge":
+        if value > MAX_LINKED:
+            raise MultiipError(f"--count {value}: at most {MAX_LINKED} namespaces per setup")
+        return value
     if value > MAX_COUNT:
         raise MultiipError(
             f"--count {value}: one Linux bridge holds at most {BRIDGE_MAX_PORTS} ports "
-            f"(the uplink takes one), so at most {MAX_COUNT} namespaces per bridge"
+            f"(the uplink takes one), so at most {MAX_COUNT} namespaces per bridge; --mode macvlan or ipvlan has "
+            "no bridge"
         )
     return value
 

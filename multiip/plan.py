@@ -69,6 +69,7 @@ class Plan:
 
     target: Target
     count: int
+    mode: str
     dhcp: str
     address: ipaddress.IPv4Interface | None
     gateway: ipaddress.IPv4Address | None
@@ -95,7 +96,8 @@ def make_plan(**given: Any) -> Plan:
         raise TypeError(f"unknown options: {sorted(unknown)}")
     v = {s.name: given.get(s.name, s.default) for s in options.SETUP}
     v = {k: x.value if isinstance(x, Enum) else x for k, x in v.items()}
-    n = options.count(int(v["count"]))
+    mode = options.choice(v["mode"], options.Mode, "--mode")
+    n = options.count(int(v["count"]), mode)
     target = make_target(v["prefix"], v["bridge"], v["uplink"], n)
     client = options.choice(v["dhcp"], options.Dhcp, "--dhcp")
     first = options.interface_address(v["address"]) if v["address"] else None
@@ -108,12 +110,22 @@ def make_plan(**given: Any) -> Plan:
         options.address_block(first, n, gw)
     if v["host_dhcp"] and client == "none":
         raise MultiipError("--host-dhcp needs a DHCP client: pick one with --dhcp")
+    if mode != "bridge" and (v["host_dhcp"] or options.text(v["bridge_tool"]) != "ip" or v["confirm"]):
+        raise MultiipError(
+            f"--mode {mode} leaves the uplink alone: --host-dhcp, --bridge-tool and --confirm are for --mode bridge"
+        )
+    if mode == "ipvlan" and client in ("dhclient", "dhcpcd"):
+        raise MultiipError(
+            "--mode ipvlan shares one MAC: its DHCP needs a client id and broadcast replies per namespace, which "
+            "multiip gives udhcpc: use --dhcp udhcpc (or auto)"
+        )
     options.seconds(v["lease_timeout"], "--lease-timeout")
     if not 0 <= v["confirm"] <= 600:
         raise MultiipError(f"--confirm {v['confirm']}: give 1..600 seconds (0: do not ask)")
     return Plan(
         target=target,
         count=n,
+        mode=mode,
         dhcp=client,
         address=first,
         gateway=gw,

@@ -167,7 +167,8 @@ def status(target: Target) -> dict[str, Any]:
     env = record.env if record else {}
     return {
         "prefix": target.prefix,
-        "bridge": env.get("BRIDGE", target.bridge),
+        "mode": env.get("MODE", "bridge") if record else None,
+        "bridge": env.get("BRIDGE", target.bridge) if env.get("MODE", "bridge") == "bridge" else None,
         "uplink": env.get("UPLINK", target.uplink) or None,
         "dhcp": client,
         "manager": env.get("MANAGER"),  # what manages the uplink: none, NetworkManager, systemd-networkd, a client

@@ -80,7 +80,8 @@ class ScriptProgress:
 def status_table(data: dict[str, Any]) -> None:
     rows = data["namespaces"]
     title = (
-        f"prefix {data['prefix']} · bridge {data['bridge']} · uplink {data['uplink'] or '?'}"
+        f"prefix {data['prefix']} · {data['mode'] or '?'}{(' ' + data['bridge']) if data['bridge'] else ''}"
+        f" · uplink {data['uplink'] or '?'}"
         f" (managed by {data['manager'] or '?'}) · DHCP {data['dhcp'] or '?'} · {len(rows)} namespaces"
     )
     table = Table(title=title, title_justify="left")

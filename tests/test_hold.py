@@ -173,9 +173,10 @@ def test_per_ip_larger_than_the_port_range(lab: labmod.Lab, two: str) -> None:
     assert cp.returncode != 0 and "has only 64512 ports" in cp.stderr
 
 
-def test_demo_end_to_end_leaves_nothing() -> None:
+@pytest.mark.parametrize("mode", ["bridge", "macvlan"])
+def test_demo_end_to_end_leaves_nothing(mode: str) -> None:
     before = set(netns_names())
-    cp = multiip("demo", "--count", "2")
+    cp = multiip("demo", "--count", "2", "--mode", mode)
     assert "129,024 connections held" in cp.stderr and "2.0x the 64,512" in cp.stderr
     assert set(netns_names()) == before
     assert holdworkers() == []

@@ -112,6 +112,15 @@ def test_plan_rules() -> None:
         make_plan(confirm=-1)
     with pytest.raises(MultiipError, match="both"):
         make_target(bridge="eth0", uplink="eth0")
+    assert make_plan(mode="macvlan", count=2000).count == 2000  # no bridge, no 1023-port limit
+    with pytest.raises(MultiipError, match="at most 4096"):
+        make_plan(mode="macvlan", count=5000)
+    with pytest.raises(MultiipError, match="are for --mode bridge"):
+        make_plan(mode="macvlan", host_dhcp=True)
+    with pytest.raises(MultiipError, match="use --dhcp udhcpc"):
+        make_plan(mode="ipvlan", dhcp="dhclient")
+    with pytest.raises(MultiipError, match="--mode"):
+        make_plan(mode="vxlan")
 
 
 def test_seed_names_and_others_do_not_collide() -> None:
@@ -130,6 +139,7 @@ def test_seed_names_and_others_do_not_collide() -> None:
         {"count": 7, "prefix": "lab", "dhcp": "none", "address": "198.18.1.10/15", "gateway": "198.18.0.1"},
         {"bridge": "brx", "uplink": "ens3", "bridge_tool": "brctl", "port_range": "2000-60000", "confirm": 30},
         {"dhcp": "dhclient", "host_dhcp": True, "lease_timeout": 60, "tune_host": True},
+        {"mode": "macvlan", "count": 1500, "prefix": "mv"},
     ],
 )
 def test_plan_round_trip_through_its_own_args(given: dict[str, object]) -> None:

@@ -34,6 +34,11 @@ SCRIPTS = {
     ),
     "setup-confirm-tune": lambda: setup_script(make_plan(confirm=30, tune_host=True)),
     "teardown-custom": lambda: teardown_script(make_target(prefix="lab", bridge="brx", uplink="ens3")),
+    "setup-macvlan": lambda: setup_script(make_plan(mode="macvlan", count=2000)),
+    "setup-ipvlan-static": lambda: setup_script(
+        make_plan(mode="ipvlan", count=8, dhcp="none", address="198.18.20.1/15", uplink="ens5")
+    ),
+    "setup-ipvlan-dhcp": lambda: setup_script(make_plan(mode="ipvlan", count=8)),
     "lab-up": lambda: lab.up_script(lab.make_lab()),
     "lab-down": lambda: lab.down_script(lab.make_lab()),
 }
@@ -201,3 +206,15 @@ def test_systemd_service_runs_the_rendered_scripts(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze not installed")
     cp = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
     assert cp.returncode == 0 and cp.stderr == "", cp.stderr
+
+
+def test_modes_other_than_bridge_leave_the_uplink_alone() -> None:
+    for mode in ("macvlan", "ipvlan"):
+        text = code(setup_script(make_plan(mode=mode, count=4)))
+        for bridge_only in ("save_uplink", "restore_uplink", "find_manager", "leave_alone", "master $BRIDGE",
+                            "type bridge", "step 5/", "type veth"):  # fmt: skip
+            assert bridge_only not in text, (mode, bridge_only)
+        assert f"type {mode} mode {'bridge' if mode == 'macvlan' else 'l2'}" in text and "step 4/4" in text
+    ipvlan = code(setup_script(make_plan(mode="ipvlan", count=4)))
+    assert 'how+=(-B -x "0x3d:01${MAC//:/}")' in ipvlan  # broadcast replies, a client id per namespace
+    assert "-B -x" not in code(setup_script(make_plan(mode="macvlan", count=4)))

@@ -74,7 +74,7 @@ link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
 link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
-#   $STATE/setup.env   KEY=VALUE: PREFIX BRIDGE BRIDGE_MADE UPLINK DHCP COUNT MANAGER
+#   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_MADE UPLINK DHCP COUNT MANAGER
 #   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
 # A setup's namespaces are the ones its record names, never a name pattern. Each bridge port also
 # carries the alias multiip:PREFIX:NAME:INSIDE, from which the teardown rebuilds a lost record.
@@ -361,6 +361,7 @@ need_tool flock util-linux
 take_lock
 read_record
 if ((${#RECORD[@]} > 0)); then  # running again: the same setup, or refuse
+  [[ ${RECORD[MODE]:-bridge} == bridge ]] || die "prefix $PREFIX is set up with --mode ${RECORD[MODE]:-bridge}: take it down first to change that"
   [[ ${RECORD[BRIDGE]} == "$BRIDGE" ]] || die "prefix $PREFIX is already set up on bridge ${RECORD[BRIDGE]}"
   [[ ${RECORD[COUNT]} == "$COUNT" ]] || die "prefix $PREFIX is set up with ${RECORD[COUNT]} namespaces: take it down first to change that"
   [[ -n $UPLINK ]] || UPLINK=${RECORD[UPLINK]}
@@ -381,8 +382,9 @@ case $DHCP in
   dhcpcd) need_tool dhcpcd dhcpcd-base ;;
 esac
 # What exists already: namespaces, links and their masters (one listing each, not one `ip` per name).
-declare -A have=() links=() masters=()
+declare -A have=()
 while read -r name _; do have[$name]=1; done < <(ip netns list)
+declare -A links=() masters=()
 while read -r _ name rest; do
   name=${name%:}
   name=${name%@*}
@@ -413,7 +415,7 @@ link_exists "$UPLINK" || die "uplink $UPLINK does not exist"
 ip -o link show dev "$UPLINK" | grep -q ' link/ether ' || die "uplink $UPLINK is not an Ethernet device"
 SYSFS=${MULTIIP_SYSFS:-/sys}  # tests point this elsewhere
 if [[ -e $SYSFS/class/net/$UPLINK/wireless || -e $SYSFS/class/net/$UPLINK/phy80211 ]]; then
-  die "uplink $UPLINK is a Wi-Fi station, which cannot be a bridge port (an access point takes one MAC per station): nothing was changed"
+  die "uplink $UPLINK is a Wi-Fi station, which cannot be a bridge port (an access point takes one MAC per station): use --mode ipvlan; nothing was changed"
 fi
 UPLINK_MASTER=$(link_master "$UPLINK")
 [[ -z $UPLINK_MASTER || $UPLINK_MASTER == "$BRIDGE" ]] || die "uplink $UPLINK is already a port of $UPLINK_MASTER"
@@ -460,6 +462,10 @@ for ((k = 0; k < ${#seed}; k++)); do
   printf -v c '%d' "'${seed:k:1}"
   HASH=$(( ((HASH ^ c) * 16777619) & 0xffffffff ))
 done
+ns_mac() {  # $1 index: sets MAC
+  printf -v MAC '%02x:%02x:%02x:%02x:%02x:%02x' $(( (HASH >> 24 & 0xfc) | 2 )) $(( HASH >> 16 & 255 )) \
+    $(( HASH >> 8 & 255 )) $(( HASH & 255 )) $(( $1 >> 8 & 255 )) $(( $1 & 255 ))
+}
 
 # Each namespace needs ARP entries (its gateway, the server if it is on the LAN) and one broadcast
 # reaches every bridge port at once: the host-wide limits, and what this count needs of them.
@@ -490,8 +496,8 @@ for ((i = 0; i < COUNT; i++)); do
   client_files "$DHCP" "$PREFIX$i" "$INSIDE$i"
   printf '%s %s %s %s %s\n' "$PREFIX$i" "$INSIDE$i" "$PORT$i" "$PIDFILE" "$LEASEFILE"
 done >"$STATE/namespaces"
-printf '%s\n' "PREFIX=$PREFIX" "BRIDGE=$BRIDGE" "BRIDGE_MADE=$BRIDGE_MADE" "UPLINK=$UPLINK" "DHCP=$DHCP" \
-  "COUNT=$COUNT" "MANAGER=$MANAGER" >"$STATE/setup.env.new"
+printf '%s\n' "PREFIX=$PREFIX" "MODE=bridge" "BRIDGE=$BRIDGE" "BRIDGE_MADE=$BRIDGE_MADE" \
+  "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" "MANAGER=$MANAGER" >"$STATE/setup.env.new"
 mv -f "$STATE/setup.env.new" "$STATE/setup.env"
 cat >"$STATE/udhcpc.script" <<'UDHCPC'
 #!/bin/sh
@@ -551,13 +557,12 @@ ip link set dev "$BRIDGE" up
 
 step 4/6 "$COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)), veths ${INSIDE}N/${PORT}N on $BRIDGE, ports ${PORT_RANGE[0]}-${PORT_RANGE[1]}"
 make_chunk() {  # $1 first, $2 last + 1: create what is missing in one `ip -batch`, then set up the insides
-  local i device batch="" mac
+  local i device batch=""
   for ((i = $1; i < $2; i++)); do
     [[ -n ${have[$PREFIX$i]:-} ]] || batch+="netns add $PREFIX$i"$'\n'
     if [[ -z ${links[$PORT$i]:-} ]]; then
-      printf -v mac '%02x:%02x:%02x:%02x:%02x:%02x' $(( (HASH >> 24 & 0xfc) | 2 )) $(( HASH >> 16 & 255 )) \
-        $(( HASH >> 8 & 255 )) $(( HASH & 255 )) $(( i >> 8 & 255 )) $(( i & 255 ))
-      batch+="link add $INSIDE$i netns $PREFIX$i address $mac type veth peer name $PORT$i"$'\n'
+      ns_mac "$i"
+      batch+="link add $INSIDE$i netns $PREFIX$i address $MAC type veth peer name $PORT$i"$'\n'
       batch+="link set dev $PORT$i alias multiip:$PREFIX:$PREFIX$i:$INSIDE$i"$'\n'
     fi
     [[ ${masters[$PORT$i]:-} == "$BRIDGE" ]] || batch+="link set dev $PORT$i master $BRIDGE"$'\n'

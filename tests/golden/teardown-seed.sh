@@ -74,7 +74,7 @@ link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
 link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
-#   $STATE/setup.env   KEY=VALUE: PREFIX BRIDGE BRIDGE_MADE UPLINK DHCP COUNT MANAGER
+#   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_MADE UPLINK DHCP COUNT MANAGER
 #   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
 # A setup's namespaces are the ones its record names, never a name pattern. Each bridge port also
 # carries the alias multiip:PREFIX:NAME:INSIDE, from which the teardown rebuilds a lost record.
@@ -347,10 +347,11 @@ else  # the record is gone: the setup's bridge ports carry alias multiip:PREFIX:
   done < <(ip -o link show)
 fi
 MANAGER=${RECORD[MANAGER]:-none}
+MODE=${RECORD[MODE]:-bridge}  # macvlan, ipvlan: no bridge, the uplink untouched
 if [[ $MANAGER == none && -e $NM_CONF ]]; then MANAGER=NetworkManager; fi  # record lost, the handover's file is not
 if [[ $MANAGER == none && -e $NETWORKD_FILE ]]; then MANAGER=systemd-networkd; fi
 declare -A OURS=()
-for ns in "${NAMESPACES[@]}"; do OURS[${PORT_OF[$ns]}]=1; done
+for ns in "${NAMESPACES[@]}"; do [[ ${PORT_OF[$ns]} == - ]] || OURS[${PORT_OF[$ns]}]=1; done
 foreign_ports() {  # sets FOREIGN to the bridge's ports that are not this setup's veths
   local name
   FOREIGN=()
@@ -360,7 +361,7 @@ foreign_ports() {  # sets FOREIGN to the bridge's ports that are not this setup'
     [[ -n ${OURS[$name]:-} ]] || FOREIGN+=("$name")
   done < <(ip -o link show master "$BRIDGE")
 }
-if link_exists "$BRIDGE" && [[ -z $UPLINK ]]; then
+if [[ $MODE == bridge ]] && link_exists "$BRIDGE" && [[ -z $UPLINK ]]; then
   foreign_ports  # record lost: the uplink is the bridge's port that is not one of our veths
   UPLINK=${FOREIGN[0]:-}
 fi
@@ -370,7 +371,11 @@ if ((${#RECORD[@]} == 0 && ${#NAMESPACES[@]} == 0)); then  # no record, no port 
 fi
 present=()
 for ns in "${NAMESPACES[@]}"; do [[ ! -e /run/netns/$ns ]] || present+=("$ns"); done
-say "found ${#present[@]} of ${#NAMESPACES[@]} namespaces, bridge ${BRIDGE}$(link_exists "$BRIDGE" || echo ' (absent)'), uplink ${UPLINK:-(none)} (managed by: $MANAGER)"
+if [[ $MODE == bridge ]]; then
+  say "found ${#present[@]} of ${#NAMESPACES[@]} namespaces, bridge ${BRIDGE}$(link_exists "$BRIDGE" || echo ' (absent)'), uplink ${UPLINK:-(none)} (managed by: $MANAGER)"
+else
+  say "found ${#present[@]} of ${#NAMESPACES[@]} namespaces, each with a $MODE on ${UPLINK:-(none)}, which stays as it is"
+fi
 safe_dir "$STATE"
 
 step 2/5 "release DHCP leases and stop the clients"
@@ -477,7 +482,9 @@ progress removed "${#present[@]}" "${#present[@]}"
 
 LEFT_BEHIND=""
 step 4/5 "give ${UPLINK:-the uplink} back its addresses, routes and rules and to its manager, remove $BRIDGE"
-if link_exists "$BRIDGE"; then
+if [[ $MODE != bridge ]]; then
+  say "--mode $MODE: nothing to give back, $UPLINK was left as it was"
+elif link_exists "$BRIDGE"; then
   if [[ -s $STATE/host.client ]]; then  # --host-dhcp: the bridge's own client
     dhcp_release "$(<"$STATE/host.client")" host "$BRIDGE"
     if [[ -n $PID ]]; then wait_gone "$PID"; fi
@@ -537,4 +544,6 @@ if [[ -n $LEFT_BEHIND ]]; then  # the record stays, for the down that finishes t
   die "removed ${#present[@]} namespaces; $LEFT_BEHIND"
 fi
 rm -rf "$STATE"
-say "removed ${#present[@]} namespaces and $BRIDGE; ${UPLINK:-the uplink} is back as it was"
+if [[ $MODE == bridge ]]; then say "removed ${#present[@]} namespaces and $BRIDGE; ${UPLINK:-the uplink} is back as it was"
+else say "removed ${#present[@]} namespaces and their ${MODE}s; $UPLINK was left as it was"
+fi
