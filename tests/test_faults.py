@@ -3,6 +3,7 @@ a state directory that is not ours, workers that must not import from the curren
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import host_state, multiip, ours, sh
+from helpers import host_state, leftovers, multiip, ours, sh
 
 from multiip import lab as labmod
 
@@ -224,3 +225,54 @@ def test_ctrl_c_under_run_waits_for_the_script_and_says_where(lab: labmod.Lab, p
     assert "Traceback" not in rest
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
     assert host_state(lab.host_ns, prefix) == before
+
+
+def test_a_docker_host_that_drops_bridged_frames_is_told_what_to_add(
+    lab: labmod.Lab, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """br_netfilter loaded and FORWARD's policy DROP (a stand-in iptables says so): refused with the rule."""
+    fake = tmp_path / "sys"
+    (fake / "net/bridge").mkdir(parents=True)
+    (fake / "net/bridge/bridge-nf-call-iptables").write_text("1\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "iptables").write_text("#!/bin/sh\nprintf -- '-P FORWARD DROP\\n-A FORWARD -j DOCKER-USER\\n'\n")
+    (bin_dir / "iptables").chmod(0o755)
+    monkeypatch.setenv("MULTIIP_SYSCTL_DIR", str(fake))
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    before = host_state(lab.host_ns, prefix)
+    cp = multiip("run", "--prefix", prefix, "--count", "2", "--yes", netns=lab.host_ns, check=False)
+    last = cp.stderr.strip().splitlines()[-1]
+    assert cp.returncode != 0 and "iptables -I FORWARD -i br0 -o br0 -j ACCEPT" in last, last
+    assert host_state(lab.host_ns, prefix) == before and not ours(prefix)
+    (fake / "net/bridge/bridge-nf-call-iptables").write_text("0\n")  # not filtered: it goes ahead
+    multiip("run", "--prefix", prefix, "--count", "2", *STATIC, "--yes", netns=lab.host_ns)
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert host_state(lab.host_ns, prefix) == before
+
+
+@pytest.mark.parametrize("point", ["[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]", "ready"])
+def test_a_setup_killed_at_any_point_is_undone_by_down_and_finished_by_a_rerun(
+    lab: labmod.Lab, prefix: str, tmp_path: Path, point: str
+) -> None:
+    """SIGKILL (no trap runs) as the script reaches each step: down leaves the host as it was; and a run
+    again after such a kill finishes the setup."""
+    before = host_state(lab.host_ns, prefix)
+    args = ["--prefix", prefix, "--count", "4"]
+    setup = tmp_path / "setup.sh"
+    setup.write_text(multiip("render", *args).stdout)
+    for then in ("down", "run"):
+        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.host_ns}", "bash", str(setup)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith(f"multiip: {point}"):
+                proc.kill()
+                break
+        proc.wait()
+        if then == "run":
+            cp = multiip("run", *args, "--wait", "30", "--yes", netns=lab.host_ns)
+            assert "ready: 4 namespaces" in cp.stderr
+            assert len(json.loads(multiip("status", "--prefix", prefix, "--json").stdout)["namespaces"]) == 4
+        multiip("down", "--prefix", prefix, "--wait", "30", "--yes", netns=lab.host_ns)
+        assert leftovers(prefix, lab.host_ns) == [] and host_state(lab.host_ns, prefix) == before, (point, then)

@@ -467,6 +467,12 @@ ns_mac() {  # $1 index: sets MAC
     $(( HASH >> 8 & 255 )) $(( HASH & 255 )) $(( $1 >> 8 & 255 )) $(( $1 & 255 ))
 }
 
+# Where br_netfilter is loaded (Docker does it), bridged frames go through iptables' FORWARD chain: with
+# its policy DROP, the namespaces' DHCP and traffic never cross the bridge, and the setup would time out.
+if [[ -r $SYSCTL/net/bridge/bridge-nf-call-iptables && $(<"$SYSCTL/net/bridge/bridge-nf-call-iptables") == 1 ]] &&
+  command -v iptables >/dev/null 2>&1 && iptables -S FORWARD 2>/dev/null | grep -qx -- '-P FORWARD DROP'; then
+  die "bridged frames go through iptables here (br_netfilter, as Docker sets it up) and FORWARD drops them: the namespaces would get no lease. Let the bridge through first: iptables -I FORWARD -i $BRIDGE -o $BRIDGE -j ACCEPT (or sysctl net.bridge.bridge-nf-call-iptables=0); nothing was changed"
+fi
 # Each namespace needs ARP entries (its gateway, the server if it is on the LAN) and one broadcast
 # reaches every bridge port at once: the host-wide limits, and what this count needs of them.
 HOST_LIMITS=(net/ipv4/neigh/default/gc_thresh1 net/ipv4/neigh/default/gc_thresh2

@@ -366,6 +366,8 @@ if [[ $MODE == bridge ]] && link_exists "$BRIDGE" && [[ -z $UPLINK ]]; then
   UPLINK=${FOREIGN[0]:-}
 fi
 if ((${#RECORD[@]} == 0 && ${#NAMESPACES[@]} == 0)); then  # no record, no port of ours: nothing here is ours
+  # A setup stopped before its record was written changed nothing but its own directory.
+  if [[ -d $STATE ]]; then rm -rf "$STATE"; fi
   say "no setup of prefix $PREFIX here (no record in $STATE, no bridge port named multiip:$PREFIX:...): nothing to do"
   exit 0
 fi
