@@ -380,7 +380,9 @@ def lab_up(
     capacity: Annotated[int, typer.Option(help="Connections the sink must be able to hold.")] = 150_000,
     manager: Annotated[
         str,
-        typer.Option(help="What gives the lab host's eth0 its address: static, dhclient, udhcpc or NetworkManager."),
+        typer.Option(
+            help="What gives the lab host's eth0 its address: static, dhclient, udhcpc, dhcpcd or NetworkManager."
+        ),
     ] = "static",
 ) -> None:
     """Bring up the lab: LAN namespace (dnsmasq, TCP sink) and host namespace (uplink eth0).

@@ -90,7 +90,7 @@ class Lab:
         return sys.executable
 
 
-MANAGERS = ("static", "dhclient", "udhcpc", "NetworkManager")
+MANAGERS = ("static", "dhclient", "udhcpc", "dhcpcd", "NetworkManager")
 
 
 def make_lab(

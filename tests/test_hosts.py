@@ -25,7 +25,9 @@ LEASE = 120  # seconds: the lab's lease for its host (dnsmasq's shortest)
 
 
 def managers() -> list[str]:
-    found = [m for m in ("dhclient", "udhcpc") if shutil.which(m, path=os.environ["PATH"] + ":/usr/sbin:/sbin")]
+    found = [
+        m for m in ("dhclient", "udhcpc", "dhcpcd") if shutil.which(m, path=os.environ["PATH"] + ":/usr/sbin:/sbin")
+    ]
     if shutil.which("NetworkManager", path=os.environ["PATH"] + ":/usr/sbin:/sbin"):
         found.append("NetworkManager")
     return found
@@ -207,3 +209,18 @@ def test_systemd_networkd_is_told_with_a_runtime_network_file(lab: labmod.Lab, p
         stand_in.wait()
         for d in reversed(made):
             d.rmdir()
+
+
+def test_a_dhcpcd_that_hides_its_command_line_is_refused_with_what_to_do(prefix: str) -> None:
+    """Debian's dhcpcd rewrites its command line ("dhcpcd: eth0 [ip4]"): it could not be started again as
+    it ran, so there is no safe handover; refused before anything changes."""
+    the_lab = labmod.make_lab(name=prefix + "d", leases=64, capacity=100, manager="dhcpcd")
+    multiip("lab", "up", "--name", the_lab.name, "--leases", "64", "--capacity", "100", "--manager", "dhcpcd")
+    try:
+        before = host_state(the_lab.host_ns, prefix)
+        cp = multiip("run", "--prefix", prefix, "--count", "2", "--yes", netns=the_lab.host_ns, check=False)
+        last = cp.stderr.strip().splitlines()[-1]
+        assert cp.returncode != 0 and "dhcpcd (pid " in last and "manages eth0 and hides the command line" in last
+        assert host_state(the_lab.host_ns, prefix) == before and not ours(prefix)
+    finally:
+        multiip("lab", "down", "--name", the_lab.name)

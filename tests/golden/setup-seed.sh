@@ -337,6 +337,10 @@ find_manager() {
         fi ;;
       *)
         mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || continue
+        if [[ ${args[0]:-} == *:* ]]; then  # a dhcpcd that rewrote its command line ("dhcpcd: eth0 [ip4]")
+          [[ " ${args[0]} " == *" $UPLINK "* ]] || continue  # one of its helpers, or another interface's
+          die "dhcpcd (pid $pid) manages $UPLINK and hides the command line it was started with, so multiip could not start it again as it was: stop it on $UPLINK first (e.g. systemctl stop dhcpcd) and give $UPLINK its address yourself, or use --mode macvlan, which leaves $UPLINK alone; nothing was changed"
+        fi
         named=""
         for word in "${args[@]:1}"; do [[ $word != "$UPLINK" ]] || named=1; done
         if [[ -n $named ]]; then MANAGER=$comm MANAGER_PID=$pid; return; fi
