@@ -144,3 +144,14 @@ def uplink_state(netns: str, dev: str = "eth0") -> dict[str, Any]:
     )
     rules = [ip_json(family, "rule", "show", netns=netns) for family in ("-4", "-6")]
     return {"addresses": addrs, "routes": routes, "rules": rules}
+
+
+HOST_LIMITS = ("net/ipv4/neigh/default/gc_thresh3", "net/core/netdev_max_backlog")  # what a setup checks
+
+
+def fake_sysctls(directory: Path, values: dict[str, str]) -> Path:
+    """A stand-in for /proc/sys holding ``values`` (key: path under it), for MULTIIP_SYSCTL_DIR."""
+    for key, value in values.items():
+        (directory / key).parent.mkdir(parents=True, exist_ok=True)
+        (directory / key).write_text(value + "\n")
+    return directory

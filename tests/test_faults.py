@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import host_state, leftovers, multiip, ours, sh
+from helpers import fake_sysctls, host_state, leftovers, multiip, ours, sh
 
 from multiip import lab as labmod
 
@@ -178,12 +178,9 @@ def test_down_keeps_the_record_while_a_stranger_holds_a_port(lab: labmod.Lab, pr
 def test_tune_host_with_two_setups_restores_when_the_last_goes(
     lab: labmod.Lab, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake = tmp_path / "sys"
     values = {"net/ipv4/neigh/default/gc_thresh1": "128", "net/ipv4/neigh/default/gc_thresh2": "512",
               "net/ipv4/neigh/default/gc_thresh3": "100", "net/core/netdev_max_backlog": "100"}  # fmt: skip
-    for key, value in values.items():
-        (fake / key).parent.mkdir(parents=True, exist_ok=True)
-        (fake / key).write_text(value + "\n")
+    fake = fake_sysctls(tmp_path / "sys", values)
     monkeypatch.setenv("MULTIIP_SYSCTL_DIR", str(fake))
     other = prefix + "o"
     multiip("run", "--prefix", prefix, "--count", "2", *STATIC, "--tune-host", "--yes", netns=lab.host_ns)
@@ -231,9 +228,7 @@ def test_a_docker_host_that_drops_bridged_frames_is_told_what_to_add(
     lab: labmod.Lab, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """br_netfilter loaded and FORWARD's policy DROP (a stand-in iptables says so): refused with the rule."""
-    fake = tmp_path / "sys"
-    (fake / "net/bridge").mkdir(parents=True)
-    (fake / "net/bridge/bridge-nf-call-iptables").write_text("1\n")
+    fake = fake_sysctls(tmp_path / "sys", {"net/bridge/bridge-nf-call-iptables": "1"})
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "iptables").write_text("#!/bin/sh\nprintf -- '-P FORWARD DROP\\n-A FORWARD -j DOCKER-USER\\n'\n")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import host_state, ip_json, leftovers, multiip, ours, sh
+from helpers import HOST_LIMITS, fake_sysctls, host_state, ip_json, leftovers, multiip, ours, sh
 
 from multiip import lab as labmod
 
@@ -299,16 +299,13 @@ def test_host_limits_refuse_then_tune_host_raises_and_down_restores(
     lab: labmod.Lab, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ARP/backlog check, against a stand-in for /proc/sys (the real ones are host-wide)."""
-    fake = tmp_path / "sys"
     values = {
         "net/ipv4/neigh/default/gc_thresh1": "128",
         "net/ipv4/neigh/default/gc_thresh2": "512",
         "net/ipv4/neigh/default/gc_thresh3": "100",
         "net/core/netdev_max_backlog": "100",
     }
-    for key, value in values.items():
-        (fake / key).parent.mkdir(parents=True, exist_ok=True)
-        (fake / key).write_text(value + "\n")
+    fake = fake_sysctls(tmp_path / "sys", values)
     monkeypatch.setenv("MULTIIP_SYSCTL_DIR", str(fake))
     before = host_state(lab.host_ns, prefix)
     args = ["--prefix", prefix, "--count", "3", "--dhcp", "none", "--address", "198.18.210.1/15", "--yes"]
@@ -339,10 +336,8 @@ def test_interrupted_setup_says_so_and_down_cleans_up(
     """A setup killed half-way (Ctrl-C, a dropped session) reports where, and `down` removes the rest.
     600 namespaces are made in 6 chunks, two at a time: the first progress line comes once the third
     starts, so a SIGTERM then leaves some made and some not, whatever the timing."""
-    fake = tmp_path / "sys"  # the host-wide limits 600 namespaces need (the lab's own are the defaults)
-    for key in ("net/ipv4/neigh/default/gc_thresh3", "net/core/netdev_max_backlog"):
-        (fake / key).parent.mkdir(parents=True, exist_ok=True)
-        (fake / key).write_text("4096\n")
+    # the host-wide limits 600 namespaces need (the lab's own are the defaults)
+    fake = fake_sysctls(tmp_path / "sys", dict.fromkeys(HOST_LIMITS, "4096"))
     monkeypatch.setenv("MULTIIP_SYSCTL_DIR", str(fake))
     before = host_state(lab.host_ns, prefix)
     setup = render_to(tmp_path, "setup.sh", "--prefix", prefix, "--count", "600", "--dhcp", "none",

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import host_state, ip_json, leftovers, multiip, ours, reaches, uplink_state
+from helpers import HOST_LIMITS, fake_sysctls, host_state, ip_json, leftovers, multiip, ours, reaches, uplink_state
 
 from multiip import lab as labmod
 
@@ -43,10 +43,8 @@ def test_macvlan_goes_past_one_bridges_1022(
     """1100 namespaces, no bridge. A broadcast from one macvlan (mode bridge) is copied to every other at
     once, into the per-CPU backlog: the host-wide netdev_max_backlog the setup checks must fit them, so it
     is raised for the test (and put back) as --tune-host raises it on a real host."""
-    fake = tmp_path / "sys"  # what the setup's check reads: the lab's host cannot see the host-wide ones
-    for key in ("net/ipv4/neigh/default/gc_thresh3", "net/core/netdev_max_backlog"):
-        (fake / key).parent.mkdir(parents=True, exist_ok=True)
-        (fake / key).write_text("8192\n")
+    # what the setup's check reads: the lab's host cannot see the host-wide ones
+    fake = fake_sysctls(tmp_path / "sys", dict.fromkeys(HOST_LIMITS, "8192"))
     monkeypatch.setenv("MULTIIP_SYSCTL_DIR", str(fake))
     backlog = Path("/proc/sys/net/core/netdev_max_backlog")
     old = backlog.read_text()
