@@ -10,12 +10,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multiip import options, render
+from multiip import execute, options, render
 from multiip.errors import MultiipError
 from multiip.limits import fd_limit
 
@@ -85,10 +84,6 @@ class Lab:
         spread never fills one."""
         return max(2, math.ceil(self.capacity / max(1000, fd_limit() // 2)))
 
-    @property
-    def python(self) -> str:
-        return sys.executable
-
 
 MANAGERS = ("static", "dhclient", "udhcpc", "dhcpcd", "NetworkManager")
 
@@ -109,7 +104,7 @@ def make_lab(
 
 
 def up_script(lab: Lab) -> str:
-    return render.render("lab_up.sh.j2", lab=lab, python=lab.python)
+    return render.render("lab_up.sh.j2", lab=lab, sink=execute.python_module("multiip.sink"))
 
 
 def down_script(lab: Lab) -> str:

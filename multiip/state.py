@@ -158,12 +158,17 @@ def present(record: Record) -> list[Member]:
     return [m for m in record.members if Path("/run/netns", m.name).exists()]
 
 
+def _probe_present(record: Record | None, client: str | None) -> list[NamespaceStatus]:
+    """The status of each recorded namespace that exists, in the record's order, probed in parallel."""
+    members = present(record) if record else []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda m: namespace_status(m, client), members))
+
+
 def status(target: Target) -> dict[str, Any]:
     record = read_record(target)
-    members = present(record) if record else []
     client = record.client if record else None
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        rows = list(pool.map(lambda m: namespace_status(m, client), members))
+    rows = _probe_present(record, client)
     env = record.env if record else {}
     return {
         "prefix": target.prefix,
@@ -180,14 +185,11 @@ def status(target: Target) -> dict[str, Any]:
 def addressed(target: Target) -> list[NamespaceStatus]:
     """Each recorded namespace that exists, in the record's order; an error if there is none, or if one
     has no IPv4 address (yet)."""
-    record = read_record(target)
-    members = present(record) if record else []
-    if not members:
+    rows = _probe_present(read_record(target), None)
+    if not rows:
         raise MultiipError(
             f"no setup with prefix {target.prefix} on this host: multiip status --prefix {target.prefix}"
         )
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        rows = list(pool.map(lambda m: namespace_status(m, None), members))
     missing = [r.name for r in rows if not r.ipv4]
     if missing:
         raise MultiipError(f"no IPv4 address in {', '.join(missing)}: see multiip status --prefix {target.prefix}")
