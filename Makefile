@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEBS = iproute2 bridge-utils isc-dhcp-client udhcpc dhcpcd-base dnsmasq-base shellcheck util-linux procps \
-       network-manager dbus-daemon nginx-light wrk python3 python3-venv
+       network-manager dbus-daemon nginx-light wrk nftables iputils-arping python3 python3-venv
 export PATH := $(PATH):/usr/sbin:/sbin
 
 .PHONY: deps install lint test demo bench golden clean

@@ -171,13 +171,20 @@ def run(yes: Yes = False, dry_run: DryRun = False, wait: Wait = 0, **opts: Any) 
         sys.stdout.write(script)
         return
     _need_root("run")
-    _confirm(
-        f"This moves {_uplink_words(plan.target.uplink)} into bridge {plan.target.bridge}; the host's network "
-        "drops for a moment (its addresses and routes move to the bridge). Continue?",
-        yes,
-    )
     t = plan.target
-    _run(script, f"multiip: {plan.count} namespaces {t.prefix}0..{t.prefix}{plan.count - 1} on {t.bridge}", UNDO, wait)
+    if plan.mode == "bridge":  # the other modes leave the uplink as it is: nothing drops
+        _confirm(
+            f"This moves {_uplink_words(t.uplink)} into bridge {t.bridge}; the host's network drops for a moment "
+            "(its addresses and routes move to the bridge). Continue?",
+            yes,
+        )
+    where = f"on {t.bridge}" if plan.mode == "bridge" else f"with a {plan.mode} each"
+    title = (
+        f"multiip: {plan.count} addresses on {_uplink_words(t.uplink)}"
+        if plan.mode == "alias"
+        else f"multiip: {plan.count} namespaces {t.prefix}0..{t.prefix}{plan.count - 1} {where}"
+    )
+    _run(script, title, UNDO, wait)
 
 
 @app.command()
@@ -187,7 +194,7 @@ def down(yes: Yes = False, dry_run: DryRun = False, wait: Wait = 0, **opts: Any)
 
     Example: sudo multiip down --prefix ns
     """
-    from multiip import render
+    from multiip import render, state
     from multiip.plan import make_target
 
     target = make_target(opts["prefix"], opts["bridge"], opts["uplink"])
@@ -196,11 +203,20 @@ def down(yes: Yes = False, dry_run: DryRun = False, wait: Wait = 0, **opts: Any)
         sys.stdout.write(script)
         return
     _need_root("down")
-    _confirm(
-        f"This removes the namespaces of setup {target.prefix} and its bridge and gives "
-        f"{_uplink_words(target.uplink)} back its addresses; the host's network drops for a moment. Continue?",
-        yes,
-    )
+    record = state.read_record(target)
+    if record is None or record.mode == "bridge":
+        question = (
+            f"This removes the namespaces of setup {target.prefix} and its bridge and gives "
+            f"{_uplink_words(target.uplink)} back its addresses; the host's network drops for a moment. Continue?"
+        )
+    elif record.mode == "alias":
+        question = (
+            f"This removes the {len(record.addresses)} addresses of setup {target.prefix} from the uplink. Continue?"
+        )
+    else:
+        n = len(record.members)
+        question = f"This removes the {n} namespaces of setup {target.prefix} (and what runs there). Continue?"
+    _confirm(question, yes)
     _run(script, f"multiip: tearing down {target.prefix}", "run `multiip down` again to finish", wait)
 
 
@@ -221,6 +237,46 @@ def status(json_out: Json = False, **opts: Any) -> None:
         ui.status_table(data)
     if not data["namespaces"]:
         ui.console.print(f"multiip: no setup with prefix {opts['prefix']} on this host", markup=False)
+
+
+@app.command()
+@with_options(options.UPLINK)
+def doctor(
+    wait: Annotated[int, typer.Option("--timeout", metavar="SECONDS", help="How long to wait for each answer.")] = 3,
+    dry_run: DryRun = False,
+    json_out: Json = False,
+    **opts: Any,
+) -> None:
+    """Which modes can work on this host and its network: Wi-Fi, a cloud (DMI), what the kernel makes, and
+    whether the network answers a new MAC (ARP, DHCP) from a throwaway namespace. Changes nothing here.
+
+    Example: sudo multiip doctor --json | jq -r .suggest
+    """
+    from multiip import execute, messages, render, ui
+
+    if not 1 <= wait <= 60:
+        raise MultiipError(f"--timeout {wait}: give 1..60 seconds")
+    uplink = options.name(opts["uplink"], "--uplink") if opts["uplink"] else ""
+    script = render.doctor_script(uplink, wait)
+    if dry_run:
+        sys.stdout.write(script)
+        return
+    _need_root("doctor")
+    found: dict[str, str] = {}
+    with ui.ScriptProgress("multiip: doctor") as show:
+
+        def collect(line: str) -> None:
+            item = messages.finding(messages.parse(line))
+            if item is None:
+                show(line)
+            else:
+                found[item[0]] = item[1]
+
+        execute.run_script(script, collect)
+    if json_out:
+        print(json.dumps(found, indent=2))
+    else:
+        ui.doctor_table(found)
 
 
 @app.command("hold")
@@ -327,6 +383,11 @@ def exec_cmd(
         out_dir.mkdir(parents=True, exist_ok=True)
     _need_root("exec")
     rows = state.addressed(make_target(opts["prefix"]))
+    if rows[0].host:
+        raise MultiipError(
+            f"exec: setup {opts['prefix']} is --mode alias: its addresses are on the host, with no namespaces; run "
+            f"the tool on the host with them: multiip addrs --prefix {opts['prefix']} --format k6|args|json"
+        )
     targets = [fanout.Target(r.name, (r.ipv4 or "").split("/")[0], i) for i, r in enumerate(rows)]
     if chosen is not None:
         targets = [t for t in targets if t.namespace == chosen]
@@ -353,20 +414,18 @@ def exec_cmd(
 @app.command("demo")
 def demo_cmd(
     count: Annotated[int, typer.Option("--count", "-n", help="How many namespaces.")] = 4,
-    mode: Annotated[options.Mode, typer.Option(help="bridge, macvlan or ipvlan (see multiip run --help).")] = (
-        options.Mode.bridge
-    ),
+    mode: Annotated[
+        options.Mode, typer.Option(help="bridge, macvlan, ipvlan or alias (see multiip run --help).")
+    ] = options.Mode.bridge,
 ) -> None:
     """Show it working without touching this host's network: lab up, run, status, hold, down.
 
     Example: sudo multiip demo --count 4
     """
     from multiip import demo, ui
-    from multiip.plan import make_plan
 
     _need_root("demo")
-    plan = make_plan(count=count, mode=mode)  # validates --count and --mode before anything starts
-    result = demo.run(plan.count, plan.mode)
+    result = demo.run(count, mode.value)  # validates --count and --mode before anything starts
     ui.console.print(ui.headline(result), markup=False)
     if result["established"] != result["target"]:
         raise MultiipError(f"held {result['established']:,} of {result['target']:,} connections", exit_code=1)
@@ -384,6 +443,14 @@ def lab_up(
             help="What gives the lab host's eth0 its address: static, dhclient, udhcpc, dhcpcd or NetworkManager."
         ),
     ] = "static",
+    cloud: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="A cloud-like LAN: it drops frames from any MAC but the host's and packets from any IPv4 address "
+            "not assigned to it; N addresses are assigned (listed in the lab's state directory, file assigned).",
+        ),
+    ] = 0,
 ) -> None:
     """Bring up the lab: LAN namespace (dnsmasq, TCP sink) and host namespace (uplink eth0).
 
@@ -391,7 +458,7 @@ def lab_up(
     """
     from multiip import lab
 
-    the_lab = lab.make_lab(name, port, leases, capacity, manager)
+    the_lab = lab.make_lab(name, port, leases, capacity, manager, cloud)
     _need_root("lab up")
     _run(lab.up_script(the_lab), f"multiip: lab {name} up", f"`multiip lab down --name {name}` removes it")
 

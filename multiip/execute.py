@@ -7,13 +7,14 @@ can show progress. Failures become MultiipError with the script's own one-line r
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -177,6 +178,34 @@ def python_module(module: str, *args: str) -> list[str]:
 def in_netns(namespace: str, argv: Sequence[str]) -> list[str]:
     """argv run in a named network namespace only (the mount namespace stays the caller's)."""
     return ["nsenter", f"--net=/run/netns/{namespace}", "--", *argv]
+
+
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def entered_netns(namespace: str) -> Iterator[None]:
+    """This thread (and the threads and processes it starts meanwhile) in a named network namespace,
+    then back where it was. The demo runs status and hold so, as the lab host."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def enter(fd: int) -> None:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise MultiipError(f"cannot enter a network namespace: {os.strerror(ctypes.get_errno())}")
+
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        there = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+        try:
+            enter(there)
+        finally:
+            os.close(there)
+        try:
+            yield
+        finally:
+            enter(home)
+    finally:
+        os.close(home)
 
 
 def replace_process(argv: Sequence[str]) -> NoReturn:

@@ -47,18 +47,18 @@ def parse_server(text: str) -> Server:
 
 @dataclass
 class Share:
-    """One namespace's part: its address and the ports its workers bind."""
+    """One namespace's part (or, with --mode alias, one address's on the host): the ports its workers bind."""
 
-    namespace: str
+    namespace: str  # the namespace the workers run in; with host, the address's label
     ip: str
-    lo: int
-    hi: int  # inclusive
-    ports: int  # the size of the namespace's port range
+    ranges: list[tuple[int, int]]  # the ports to bind, inclusive ranges
+    ports: int  # how many ports the address has here
+    host: bool = False  # --mode alias: the workers run in this namespace, the host's
     workers: list[tuple[int, int]] = field(default_factory=list)  # (lo, hi) per worker
 
     @property
     def count(self) -> int:
-        return self.hi - self.lo + 1
+        return sum(hi - lo + 1 for lo, hi in self.ranges)
 
 
 def _read_int(path: str) -> int | None:
@@ -68,21 +68,52 @@ def _read_int(path: str) -> int | None:
         return None
 
 
+def usable_ports(row: state.NamespaceStatus) -> list[tuple[int, int]]:
+    """The ports hold binds for one address. In a namespace: its port range. On the host (--mode alias):
+    every port outside the host's own range, because a port bound on any address is one the host's own
+    connect() calls can no longer take (measured: all of the range bound on another address, and a plain
+    connect() fails with EADDRNOTAVAIL)."""
+    lo, hi = (int(x) for x in (row.port_range or "32768-60999").split("-"))
+    if not row.host:
+        return [(lo, hi)]
+    first, last = options.NAMESPACE_PORTS
+    return [(a, b) for a, b in ((first, lo - 1), (hi + 1, last)) if a <= b]
+
+
+def _take(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """The first n ports of ranges."""
+    out = []
+    for lo, hi in ranges:
+        if n <= 0:
+            break
+        out.append((lo, min(hi, lo + n - 1)))
+        n -= out[-1][1] - lo + 1
+    return out
+
+
 def plan_shares(target: Target, per_ip: int | None) -> list[Share]:
     rows = state.addressed(target)
     per_worker = fd_limit() - FD_MARGIN
     shares = []
     for r in rows:
-        lo, hi = (int(x) for x in (r.port_range or "32768-60999").split("-"))
-        size = hi - lo + 1
+        usable = usable_ports(r)
+        size = sum(hi - lo + 1 for lo, hi in usable)
+        if size == 0:
+            raise MultiipError(
+                f"{r.ipv4}: the host's port range {r.port_range} covers every port, and hold binding any of them on "
+                "an added address would leave the host none for its own connections; set the setup up again "
+                "without --port-range, or narrow net.ipv4.ip_local_port_range"
+            )
         n = size if per_ip is None else per_ip
         if n > size:
-            raise MultiipError(f"--per-ip {n}: {r.name}'s port range {lo}-{hi} has only {size} ports")
+            where = "ports outside the host's own range" if r.host else "ports in its range"
+            raise MultiipError(f"--per-ip {n}: {r.name}'s {r.ipv4} has {size} {where} ({r.port_range})")
         assert r.ipv4 is not None
-        share = Share(r.name, r.ipv4.split("/")[0], lo, lo + n - 1, size)
-        k = math.ceil(n / per_worker)
-        step = math.ceil(n / k)
-        share.workers = [(a, min(a + step - 1, share.hi)) for a in range(lo, share.hi + 1, step)]
+        share = Share(r.name, r.ipv4.split("/")[0], _take(usable, n), size, r.host)
+        for lo, hi in share.ranges:
+            k = math.ceil((hi - lo + 1) / per_worker)
+            step = math.ceil((hi - lo + 1) / k)
+            share.workers += [(a, min(a + step - 1, hi)) for a in range(lo, hi + 1, step)]
         shares.append(share)
     return shares
 
@@ -96,10 +127,15 @@ def preflight(shares: list[Share]) -> list[str]:
         f"(open-file limit {fd_limit():,} each)"
     ]
     small = [s for s in shares if s.ports < 64512]
-    if small:
+    if small and small[0].host:
         notes.append(
-            f"{small[0].namespace} has {small[0].ports:,} ports (from {small[0].lo}): fewer than the 64,512 one IP "
-            "can have; run the setup with --port-range 1024-65535"
+            f"--mode alias: each address binds the {small[0].ports:,} ports outside the host's own range "
+            f"({', '.join(f'{a}-{b}' for a, b in small[0].ranges)}), which stays free for the host's connections"
+        )
+    elif small:
+        notes.append(
+            f"{small[0].namespace} has {small[0].ports:,} ports (from {small[0].ranges[0][0]}): fewer than the 64,512 "
+            "one IP can have; run the setup with --port-range 1024-65535"
         )
     file_max = _read_int("/proc/sys/fs/file-max")
     if file_max is not None and file_max < total * 2:
@@ -143,7 +179,7 @@ def _spawn(share: Share, lo: int, hi: int, server: Server, rate: float, bind: bo
     argv += ["--rate", repr(rate), "--parent", str(os.getpid())]  # repr: exact, a low share never becomes 0
     if not bind:
         argv.append("--no-bind")
-    return execute.spawn(execute.in_netns(share.namespace, argv))
+    return execute.spawn(argv if share.host else execute.in_netns(share.namespace, argv))
 
 
 Progress = Callable[[int, int, float, str], None]  # established, target, connections/s, phase
@@ -215,11 +251,11 @@ def hold(
     finally:
         finals = _stop_all(workers, sel)
     failed: Counter[str] = Counter()
-    per_ns: dict[str, dict[str, Any]] = {}
+    per_ns: dict[str, dict[str, Any]] = {}  # by source IP: one per namespace, or per address with --mode alias
     for w in workers:
         info = finals.get(id(w)) or w.last
         row = per_ns.setdefault(
-            w.share.namespace,
+            w.share.ip,
             {"name": w.share.namespace, "ip": w.share.ip, "target": w.share.count, "established": 0, "failed": {}},
         )
         row["established"] += info.get("peak", 0)

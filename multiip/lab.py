@@ -1,7 +1,9 @@
 """The lab: a stand-in for "a host on a LAN", made of network namespaces only.
 
 ``<name>-lan`` holds a DHCP server (dnsmasq) and a TCP sink on 198.18.0.1; ``<name>-host`` is the
-"host", whose uplink is called eth0 and has a static address and a default route. A setup run as the
+"host", whose uplink is called eth0 and has a static address and a default route. With ``cloud`` the
+LAN behaves like a cloud's: it drops every frame whose source MAC is not the host's, and every IPv4
+packet from an address that was not assigned to it, and its DHCP server serves the host alone. A setup run as the
 lab host (``nsenter --net``) moves that eth0 into a bridge, never the machine's real one.
 """
 
@@ -29,6 +31,7 @@ class Lab:
     leases: int = 4096
     capacity: int = 150_000  # connections the sink can hold
     manager: str = "static"  # what gives the lab host's eth0 its address (MANAGERS)
+    cloud: int = 0  # > 0: a cloud-like LAN, which takes frames from the host's MAC and this many assigned IPs only
 
     @property
     def lan_ns(self) -> str:
@@ -79,6 +82,16 @@ class Lab:
         return NETWORK[-2]
 
     @property
+    def assigned(self) -> list[ipaddress.IPv4Address]:
+        """With ``cloud``: the host's secondary IPs, "assigned" as a cloud assigns them to an instance's NIC."""
+        return [NETWORK[16 + i] for i in range(self.cloud)]
+
+    @property
+    def assigned_file(self) -> Path:
+        """They are listed here, one per line, as a cloud's console or CLI lists them (for --addresses @FILE)."""
+        return self.state_dir / "assigned"
+
+    @property
     def workers(self) -> int:
         """Sink processes: each holds at most half its open-file limit, so SO_REUSEPORT's uneven
         spread never fills one."""
@@ -88,8 +101,16 @@ class Lab:
 MANAGERS = ("static", "dhclient", "udhcpc", "dhcpcd", "NetworkManager")
 
 
+MAX_ASSIGNED = 200  # below the DHCP pool (from NETWORK[256]); clouds assign a few dozen per NIC at most
+
+
 def make_lab(
-    name: str = "mlab", port: int = 9000, leases: int = 4096, capacity: int = 150_000, manager: str = "static"
+    name: str = "mlab",
+    port: int = 9000,
+    leases: int = 4096,
+    capacity: int = 150_000,
+    manager: str = "static",
+    cloud: int = 0,
 ) -> Lab:
     options.name(name, "--name", max_len=10)
     if manager not in MANAGERS:
@@ -100,7 +121,9 @@ def make_lab(
         raise MultiipError(f"--leases {leases}: need 1..{NETWORK.num_addresses - 512}")
     if capacity < 1:
         raise MultiipError(f"--capacity {capacity}: must be at least 1")
-    return Lab(name=name, port=port, leases=leases, capacity=capacity, manager=manager)
+    if not 0 <= cloud <= MAX_ASSIGNED:
+        raise MultiipError(f"--cloud {cloud}: give 1..{MAX_ASSIGNED} assigned addresses (0: an ordinary LAN)")
+    return Lab(name=name, port=port, leases=leases, capacity=capacity, manager=manager, cloud=cloud)
 
 
 def up_script(lab: Lab) -> str:

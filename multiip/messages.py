@@ -1,7 +1,8 @@
 """The message format the scripts speak on stderr (templates/_messages.sh.j2), parsed in one place.
 
 ``multiip: [i/n] text`` a step, ``multiip: progress what done/total``, ``multiip: error: text``,
-``multiip: text`` a note; any other line is a tool's own output.
+``multiip: text`` a note (``multiip: found KEY=VALUE``: one of doctor's findings); any other line is a
+tool's own output.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Literal
 
 _STEP = re.compile(r"^multiip: \[(\d+)/(\d+)\] (.*)$")
 _PROGRESS = re.compile(r"^multiip: progress (\S+) (\d+)/(\d+)$")
+_FOUND = re.compile(r"^found ([a-z_]+)=(.*)$")
 
 
 @dataclass(frozen=True)
@@ -33,3 +35,9 @@ def parse(line: str) -> Message:
     if line.startswith("multiip: "):
         return Message("note", line.removeprefix("multiip: "))
     return Message("other", line)
+
+
+def finding(msg: Message) -> tuple[str, str] | None:
+    """A doctor's finding (key, value), if the message is one."""
+    m = _FOUND.match(msg.text) if msg.kind == "note" else None
+    return (m[1], m[2]) if m else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any
@@ -34,6 +34,7 @@ class Mode(StrEnum):
     bridge = "bridge"  # the seed's: veths on a bridge that takes over the uplink
     macvlan = "macvlan"  # a macvlan on the uplink per namespace, each with its own MAC; the uplink untouched
     ipvlan = "ipvlan"  # an ipvlan (L2) on the uplink per namespace, all with the uplink's MAC (clouds, Wi-Fi)
+    alias = "alias"  # no namespaces: the addresses go on the uplink itself, for tools that bind source IPs
 
 
 class BridgeTool(StrEnum):
@@ -77,7 +78,8 @@ SETUP = (
         Mode,
         Mode.bridge,
         "bridge: the seed's (the uplink moves into a bridge); macvlan: one macvlan with its own MAC per namespace, "
-        "the uplink untouched; ipvlan: one ipvlan sharing the uplink's MAC (clouds, Wi-Fi).",
+        "the uplink untouched; ipvlan: one ipvlan sharing the uplink's MAC (clouds, Wi-Fi); alias: no namespaces, "
+        "the addresses go on the uplink itself (for tools that bind source IPs: k6, Gatling, JMeter, tcpkali).",
     ),
     *TARGET,
     Spec(
@@ -88,8 +90,24 @@ SETUP = (
         "dhclient, then dhcpcd); none: static addresses from --address.",
     ),
     Spec("address", str, None, "With --dhcp none: namespace i gets ADDRESS + i, e.g. 198.18.1.10/15."),
+    Spec(
+        "addresses",
+        str,
+        None,
+        "With --dhcp none: exactly these addresses, one per namespace (or on the uplink with --mode alias), e.g. "
+        "the secondary IPs a cloud assigned: A,B,C or @FILE (one per line). Without /LEN an address takes the "
+        "prefix length of the uplink's subnet that holds it. Sets --count.",
+        metavar="LIST|@FILE",
+    ),
     Spec("gateway", str, None, "With --address: the namespaces' default route. Default: the uplink's gateway."),
-    Spec("port_range", str, "1024-65535", "ip_local_port_range set inside every namespace.", metavar="LO-HI"),
+    Spec(
+        "port_range",
+        str,
+        None,
+        "ip_local_port_range set inside every namespace (default 1024-65535). With --mode alias it is the host's "
+        "own: changed only when given, and down restores it.",
+        metavar="LO-HI",
+    ),
     Spec("bridge_tool", BridgeTool, BridgeTool.ip, "ip: iproute2 only; brctl: the seed's brctl commands."),
     Spec(
         "host_dhcp",
@@ -115,6 +133,7 @@ SETUP = (
         metavar="SECONDS",
     ),
 )
+SETUP_DEFAULTS = {s.name: s.default for s in SETUP}
 
 
 def text(value: Any) -> str:
@@ -175,6 +194,9 @@ def choice(value: str | Enum, kind: type[Enum], option: str) -> str:
     return picked
 
 
+NAMESPACE_PORTS = (1024, 65535)  # every port a namespace's address can use (1024: see port_range)
+
+
 def port_range(value: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d{1,5})-(\d{1,5})", value.strip())
     if not m:
@@ -223,6 +245,38 @@ def ipv4(value: str, option: str) -> ipaddress.IPv4Address:
         return ipaddress.IPv4Address(value)
     except ValueError:
         raise MultiipError(f"{option} {value!r}: not an IPv4 address") from None
+
+
+def address_list(value: str, read: Callable[[str], str]) -> tuple[ipaddress.IPv4Interface | ipaddress.IPv4Address, ...]:
+    """--addresses A,B,C or @FILE (one per line, # comments): each an IPv4 address, with or without /LEN."""
+    source = "--addresses"
+    if value.startswith("@"):
+        source = f"--addresses {value}"
+        try:
+            value = read(value[1:])
+        except OSError as e:
+            raise MultiipError(f"{source}: cannot read it ({e.strerror})") from None
+    words = [w for line in value.splitlines() for w in line.split("#", 1)[0].replace(",", " ").split()]
+    if not words:
+        raise MultiipError(f"{source}: no address in it")
+    out: list[ipaddress.IPv4Interface | ipaddress.IPv4Address] = []
+    for w in words:
+        try:
+            a: ipaddress.IPv4Interface | ipaddress.IPv4Address = (
+                ipaddress.IPv4Interface(w) if "/" in w else ipaddress.IPv4Address(w)
+            )
+        except ValueError:
+            raise MultiipError(f"{source}: {w!r} is not an IPv4 address (A.B.C.D or A.B.C.D/LEN)") from None
+        ip = a.ip if isinstance(a, ipaddress.IPv4Interface) else a
+        unusable(ip, source)
+        out.append(a)
+    seen: set[ipaddress.IPv4Address] = set()
+    for a in out:
+        ip = a.ip if isinstance(a, ipaddress.IPv4Interface) else a
+        if ip in seen:
+            raise MultiipError(f"{source}: {ip} is given twice")
+        seen.add(ip)
+    return tuple(out)
 
 
 def seconds(value: float, option: str) -> float:

@@ -72,8 +72,9 @@ class Plan:
     mode: str
     dhcp: str
     address: ipaddress.IPv4Interface | None
+    addresses: str | None  # --addresses as given, read from its file: "A,B/LEN,..."
     gateway: ipaddress.IPv4Address | None
-    port_range: tuple[int, int]
+    port_range: tuple[int, int] | None  # None: the default in namespaces; with --mode alias, leave the host's
     bridge_tool: str
     host_dhcp: bool
     lease_timeout: int
@@ -88,6 +89,22 @@ class Plan:
         """The options that reproduce this plan, for a script's header."""
         return options.args(options.SETUP, self.values())
 
+    @property
+    def ports(self) -> tuple[int, int]:
+        """The port range set in each namespace."""
+        return self.port_range or options.NAMESPACE_PORTS
+
+    @property
+    def static(self) -> list[str]:
+        """The static addresses, one per namespace (or alias): "A/LEN", or "A" where the uplink's subnet gives LEN."""
+        if self.address is not None:
+            return [f"{self.address.ip + i}/{self.address.network.prefixlen}" for i in range(self.count)]
+        return self.addresses.split(",") if self.addresses else []
+
+
+def _read_text(path: str) -> str:
+    return Path(path).read_text()
+
 
 def make_plan(**given: Any) -> Plan:
     """A validated Plan from option values by name (options.SETUP); options not given take their default."""
@@ -98,14 +115,31 @@ def make_plan(**given: Any) -> Plan:
     v = {k: x.value if isinstance(x, Enum) else x for k, x in v.items()}
     mode = options.choice(v["mode"], options.Mode, "--mode")
     n = options.count(int(v["count"]), mode)
-    target = make_target(v["prefix"], v["bridge"], v["uplink"], n)
     client = options.choice(v["dhcp"], options.Dhcp, "--dhcp")
     first = options.interface_address(v["address"]) if v["address"] else None
+    listed = options.address_list(v["addresses"], _read_text) if v["addresses"] else None
     gw = options.ipv4(v["gateway"], "--gateway") if v["gateway"] else None
-    if first is not None and client != "none":
-        raise MultiipError("--address gives static addresses: use it with --dhcp none")
-    if gw is not None and first is None:
-        raise MultiipError("--gateway goes with --address (DHCP gives the gateway otherwise)")
+    if first is not None and listed is not None:
+        raise MultiipError("--address and --addresses both give the static addresses: use one")
+    if listed is not None:
+        if n not in (len(listed), options.SETUP_DEFAULTS["count"]):
+            raise MultiipError(f"--count {n} but --addresses lists {len(listed)}: one per namespace; drop --count")
+        n = options.count(len(listed), mode)
+    target = make_target(v["prefix"], v["bridge"], v["uplink"], n)
+    static = first is not None or listed is not None
+    if static and client not in ("auto", "none"):
+        raise MultiipError(f"--dhcp {client} and static addresses (--address/--addresses): choose one")
+    if static:
+        client = "none"
+    if mode == "alias":
+        if not static:
+            raise MultiipError(
+                "--mode alias puts static addresses on the uplink: give them with --addresses LIST|@FILE or --address"
+            )
+        if gw is not None or v["tune_host"]:
+            raise MultiipError("--mode alias has no namespaces: --gateway and --tune-host are for namespace modes")
+    if gw is not None and not static:
+        raise MultiipError("--gateway goes with --address or --addresses (DHCP gives the gateway otherwise)")
     if first is not None:
         options.address_block(first, n, gw)
     if v["host_dhcp"] and client == "none":
@@ -128,8 +162,9 @@ def make_plan(**given: Any) -> Plan:
         mode=mode,
         dhcp=client,
         address=first,
+        addresses=",".join(str(a) for a in listed) if listed else None,
         gateway=gw,
-        port_range=options.port_range(v["port_range"]),
+        port_range=options.port_range(v["port_range"]) if v["port_range"] else None,
         bridge_tool=options.choice(v["bridge_tool"], options.BridgeTool, "--bridge-tool"),
         host_dhcp=bool(v["host_dhcp"]),
         lease_timeout=int(v["lease_timeout"]),

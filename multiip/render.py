@@ -47,11 +47,17 @@ def render(template: str, **context: Any) -> str:
 
 
 def setup_script(plan: Plan) -> str:
-    return render("setup.sh.j2", plan=plan, t=plan.target)
+    """The setup: namespaces (bridge, macvlan, ipvlan), or addresses on the uplink (alias)."""
+    return render("setup_alias.sh.j2" if plan.mode == "alias" else "setup.sh.j2", plan=plan, t=plan.target)
 
 
 def teardown_script(target: Target) -> str:
     return render("teardown.sh.j2", t=target)
+
+
+def doctor_script(uplink: str, wait: int) -> str:
+    """The probe of which modes can work here (multiip doctor)."""
+    return render("doctor.sh.j2", uplink=uplink, wait=wait)
 
 
 def systemd_files(plan: Plan, directory: str) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 The record is the contract between the scripts and Python (templates/_target.sh.j2 writes it):
 ``setup.env`` (KEY=VALUE) and ``namespaces`` (NAME INSIDE PORT PIDFILE LEASEFILE per line, ``-`` for
-none). A setup's namespaces are the ones its record names.
+none); with MODE=alias, ``addresses`` (one A/LEN per line, on the uplink) instead of namespaces. A
+setup's namespaces (or addresses) are the ones its record names.
 """
 
 from __future__ import annotations
@@ -38,10 +39,15 @@ class Member:
 class Record:
     env: dict[str, str]
     members: list[Member]
+    addresses: list[str] = field(default_factory=list)  # MODE=alias: the setup's addresses on the uplink
 
     @property
     def client(self) -> str | None:
         return self.env.get("DHCP")
+
+    @property
+    def mode(self) -> str:
+        return self.env.get("MODE", "bridge")
 
 
 def read_record(target: Target) -> Record | None:
@@ -51,10 +57,14 @@ def read_record(target: Target) -> Record | None:
         ns_text = (target.state_dir / "namespaces").read_text()
     except OSError:
         return None
-    return parse_record(env_text, ns_text)
+    try:
+        addresses_text = (target.state_dir / "addresses").read_text()
+    except OSError:
+        addresses_text = ""
+    return parse_record(env_text, ns_text, addresses_text)
 
 
-def parse_record(env_text: str, ns_text: str) -> Record:
+def parse_record(env_text: str, ns_text: str, addresses_text: str = "") -> Record:
     env = dict(line.split("=", 1) for line in env_text.splitlines() if "=" in line)
     members = []
     for line in ns_text.splitlines():
@@ -63,7 +73,7 @@ def parse_record(env_text: str, ns_text: str) -> Record:
             name, interface, port, pidfile, leasefile = fields
             members.append(Member(name, interface, port, None if pidfile == "-" else pidfile,
                                   None if leasefile == "-" else leasefile))  # fmt: skip
-    return Record(env, members)
+    return Record(env, members, addresses_text.split())
 
 
 @dataclass
@@ -79,6 +89,7 @@ class NamespaceStatus:
     dhcp_alive: bool = False
     lease_expires: str | None = None  # ISO 8601, UTC
     interfaces: list[dict[str, Any]] = field(default_factory=list)
+    host: bool = False  # --mode alias: an address on the host's uplink, no namespace
 
 
 def _decode_all(text: str) -> tuple[list[Any], str]:
@@ -165,10 +176,30 @@ def _probe_present(record: Record | None, client: str | None) -> list[NamespaceS
         return list(pool.map(lambda m: namespace_status(m, client), members))
 
 
+def alias_status(record: Record) -> list[NamespaceStatus]:
+    """--mode alias: each recorded address as a row, present or not on the uplink (one probe, here)."""
+    uplink = record.env.get("UPLINK", "")
+    probe = _PROBE.replace("ip -j address show", 'ip -j address show dev "$0"')  # the uplink only
+    st = decode_probe(Member(uplink, uplink, "-", None, None), execute.capture(["sh", "-c", probe, uplink]))
+    on_uplink = {a for link in st.interfaces for a in link["ipv4"]}
+    return [
+        NamespaceStatus(
+            name=record.env.get("LABEL") or uplink,
+            interface=uplink,
+            mac=st.mac,
+            ipv4=a if a in on_uplink else None,
+            gateway=st.gateway,
+            port_range=st.port_range,
+            host=True,
+        )
+        for a in record.addresses
+    ]
+
+
 def status(target: Target) -> dict[str, Any]:
     record = read_record(target)
     client = record.client if record else None
-    rows = _probe_present(record, client)
+    rows = alias_status(record) if record and record.mode == "alias" else _probe_present(record, client)
     env = record.env if record else {}
     return {
         "prefix": target.prefix,
@@ -185,12 +216,18 @@ def status(target: Target) -> dict[str, Any]:
 def addressed(target: Target) -> list[NamespaceStatus]:
     """Each recorded namespace that exists, in the record's order; an error if there is none, or if one
     has no IPv4 address (yet)."""
-    rows = _probe_present(read_record(target), None)
+    record = read_record(target)
+    rows = alias_status(record) if record and record.mode == "alias" else _probe_present(record, None)
     if not rows:
         raise MultiipError(
             f"no setup with prefix {target.prefix} on this host: multiip status --prefix {target.prefix}"
         )
     missing = [r.name for r in rows if not r.ipv4]
+    if missing and rows[0].host:
+        raise MultiipError(
+            f"{len(missing)} of the setup's addresses are no longer on {rows[0].interface}: see multiip status "
+            f"--prefix {target.prefix}; multiip run again puts them back"
+        )
     if missing:
         raise MultiipError(f"no IPv4 address in {', '.join(missing)}: see multiip status --prefix {target.prefix}")
     return rows

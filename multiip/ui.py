@@ -82,10 +82,12 @@ def status_table(data: dict[str, Any]) -> None:
     title = (
         f"prefix {data['prefix']} · {data['mode'] or '?'}{(' ' + data['bridge']) if data['bridge'] else ''}"
         f" · uplink {data['uplink'] or '?'}"
-        f" (managed by {data['manager'] or '?'}) · DHCP {data['dhcp'] or '?'} · {len(rows)} namespaces"
+        f" (managed by {data['manager'] or '?'}) · DHCP {data['dhcp'] or '?'} · {len(rows)} "
+        + ("addresses on the uplink" if data["mode"] == "alias" else "namespaces")
     )
     table = Table(title=title, title_justify="left")
-    for col in ("namespace", "interface", "MAC", "IPv4", "gateway", "DHCP client", "lease expires", "ports"):
+    first = "label" if data["mode"] == "alias" else "namespace"
+    for col in (first, "interface", "MAC", "IPv4", "gateway", "DHCP client", "lease expires", "ports"):
         table.add_column(col, no_wrap=True)
     for r in rows:
         client = "-"
@@ -103,6 +105,23 @@ def status_table(data: dict[str, Any]) -> None:
             r["port_range"] or "-",
         )
     console.print(table)
+
+
+def doctor_table(found: dict[str, str]) -> None:
+    table = Table(title=f"multiip doctor · uplink {found.get('uplink', '?')}", title_justify="left")
+    table.add_column("check", no_wrap=True)
+    table.add_column("found")
+    for key, value in found.items():
+        if key.startswith("mode_") or key == "suggest":
+            continue
+        table.add_row(key.replace("_", " "), value)
+    for key, value in found.items():
+        if key.startswith("mode_"):
+            table.add_row(
+                f"--mode {key[5:]}", "[green]can work[/green]" if value == "yes" else f"[red]no[/red]: {value}"
+            )
+    console.print(table)
+    console.print(f"suggested: --mode {found.get('suggest', '?')}", markup=False)
 
 
 class HoldProgress:

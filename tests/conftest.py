@@ -16,7 +16,7 @@ from helpers import multiip, sh
 from multiip import lab as labmod
 
 REQUIRE_ROOT = os.environ.get("MULTIIP_REQUIRE_ROOT_TESTS") == "1"
-ROOT_TOOLS = ("ip", "nsenter", "dnsmasq", "udhcpc", "dhclient", "dhcpcd", "brctl", "shellcheck")
+ROOT_TOOLS = ("ip", "nsenter", "dnsmasq", "udhcpc", "dhclient", "dhcpcd", "brctl", "shellcheck", "nft", "arping")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -109,8 +109,12 @@ def leftovers(prefix: str, netns: str) -> list[str]:
 
 
 def reaches(netns: str, ip: str, port: int) -> bool:
-    """One TCP connection from a namespace to ip:port, within 3 s."""
-    code = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()"
+    """One TCP connection from a namespace to ip:port, within 3 s, closed with a reset: a TIME_WAIT left on
+    its random port would make a later `hold` that binds that port fail (EADDRINUSE)."""
+    code = (
+        "import socket,struct,sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); "
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0)); s.close()"
+    )
     return sh(sys.executable, "-c", code, ip, str(port), netns=netns, check=False).returncode == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -92,8 +93,9 @@ def test_address_block_must_stay_in_subnet() -> None:
 
 
 def test_plan_rules() -> None:
-    with pytest.raises(MultiipError, match="--dhcp none"):
-        make_plan(address="198.18.1.1/15")
+    assert make_plan(address="198.18.1.1/15").dhcp == "none"  # static addresses need no DHCP client
+    with pytest.raises(MultiipError, match="--dhcp udhcpc and static addresses"):
+        make_plan(address="198.18.1.1/15", dhcp="udhcpc")
     with pytest.raises(MultiipError, match="--gateway goes with --address"):
         make_plan(dhcp="none", gateway="198.18.0.1")
     with pytest.raises(MultiipError, match="--dhcp"):
@@ -121,6 +123,43 @@ def test_plan_rules() -> None:
         make_plan(mode="ipvlan", dhcp="dhclient")
     with pytest.raises(MultiipError, match="--mode"):
         make_plan(mode="vxlan")
+
+
+def test_address_lists(tmp_path: Path) -> None:
+    """--addresses: a list or @FILE, one address per namespace (or alias); it sets --count."""
+    listed = tmp_path / "assigned"
+    listed.write_text("# the instance's secondary IPs\n10.0.1.20\n10.0.1.21/24  # with its length\n\n10.0.1.22\n")
+    plan = make_plan(mode="ipvlan", addresses=f"@{listed}")
+    assert (plan.count, plan.dhcp, plan.static) == (3, "none", ["10.0.1.20", "10.0.1.21/24", "10.0.1.22"])
+    assert "--addresses" in plan.args() and "10.0.1.20,10.0.1.21/24,10.0.1.22" in plan.args()
+    assert make_plan(addresses="10.0.1.20, 10.0.1.21", count=2).count == 2
+    assert make_plan(address="198.18.1.1/15", count=3).static == ["198.18.1.1/15", "198.18.1.2/15", "198.18.1.3/15"]
+    for bad, why in (
+        ("10.0.1.20,10.0.1.20", "given twice"),
+        ("10.0.1.300", "not an IPv4 address"),
+        ("127.0.0.5", "loopback"),
+        ("# nothing", "no address"),
+        (f"@{tmp_path / 'missing'}", "cannot read it"),
+    ):
+        with pytest.raises(MultiipError, match=why):
+            make_plan(addresses=bad)
+    with pytest.raises(MultiipError, match="lists 2"):
+        make_plan(addresses="10.0.1.20,10.0.1.21", count=5)
+    with pytest.raises(MultiipError, match="use one"):
+        make_plan(addresses="10.0.1.20", address="10.0.1.30/24")
+
+
+def test_alias_rules() -> None:
+    """--mode alias: static addresses only, no namespace options; the host's port range left unless given."""
+    plan = make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21")
+    assert plan.port_range is None and plan.ports == (1024, 65535)
+    assert make_plan(mode="alias", addresses="10.0.1.20", port_range="2000-60000").port_range == (2000, 60000)
+    with pytest.raises(MultiipError, match="--addresses LIST"):
+        make_plan(mode="alias")
+    with pytest.raises(MultiipError, match="no namespaces"):
+        make_plan(mode="alias", addresses="10.0.1.20", tune_host=True)
+    with pytest.raises(MultiipError, match="are for --mode bridge"):
+        make_plan(mode="alias", addresses="10.0.1.20", confirm=10)
 
 
 def test_seed_names_and_others_do_not_collide() -> None:

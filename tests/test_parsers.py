@@ -25,6 +25,20 @@ def test_message_parse(line: str, kind: str, text: str, done: int, total: int) -
     assert messages.parse(line) == messages.Message(kind, text, done, total)  # type: ignore[arg-type]
 
 
+def test_doctor_findings() -> None:
+    assert messages.finding(messages.parse("multiip: found new_mac=dropped")) == ("new_mac", "dropped")
+    offer = messages.parse("multiip: found dhcp=offer from 10.0.0.1")
+    assert messages.finding(offer) == ("dhcp", "offer from 10.0.0.1")
+    assert messages.finding(messages.parse("multiip: found nothing")) is None
+    assert messages.finding(messages.parse("found x=y")) is None  # a tool's own line, not a message
+
+
+def test_alias_record_parse() -> None:
+    record = state.parse_record("PREFIX=a\nMODE=alias\nUPLINK=eth0\nLABEL=eth0:a\n", "", "10.0.1.20/24\n10.0.1.21/24\n")
+    assert record.mode == "alias" and record.members == [] and record.addresses == ["10.0.1.20/24", "10.0.1.21/24"]
+    assert state.parse_record("PREFIX=b\n", "").mode == "bridge"  # records from before --mode
+
+
 def test_script_log_keeps_the_first_error_and_the_tool_line_before() -> None:
     shown: list[str] = []
     log = ScriptLog(shown.append)

@@ -15,7 +15,7 @@ import pytest
 
 from multiip import lab
 from multiip.plan import make_plan, make_target
-from multiip.render import setup_script, teardown_script
+from multiip.render import doctor_script, setup_script, teardown_script
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDENS = {
@@ -39,7 +39,14 @@ SCRIPTS = {
         make_plan(mode="ipvlan", count=8, dhcp="none", address="198.18.20.1/15", uplink="ens5")
     ),
     "setup-ipvlan-dhcp": lambda: setup_script(make_plan(mode="ipvlan", count=8)),
+    "setup-ipvlan-listed": lambda: setup_script(make_plan(mode="ipvlan", addresses="10.0.1.20,10.0.1.21/24")),
+    "setup-alias": lambda: setup_script(
+        make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21", port_range="1024-65535")
+    ),
+    "setup-alias-keep-ports": lambda: setup_script(make_plan(mode="alias", address="198.18.30.1/15", count=300)),
+    "doctor": lambda: doctor_script("", 3),
     "lab-up": lambda: lab.up_script(lab.make_lab()),
+    "lab-up-cloud": lambda: lab.up_script(lab.make_lab(cloud=4)),
     "lab-down": lambda: lab.down_script(lab.make_lab()),
 }
 
@@ -78,7 +85,9 @@ def test_bash_parses_it_and_it_is_only_bash(case: str, tmp_path: Path) -> None:
     assert text.startswith("#!/usr/bin/env bash\n")
     body = code(text)  # no second language: no perl, no inline python, no here-document but the udhcpc script
     assert not re.search(r"\b(perl|ruby|lua)\b|python3? -c", body)
-    assert set(re.findall(r"<<-?'?(\w+)", body)) <= {"UDHCPC", "BATCH"}
+    # here-documents: ip batches, the udhcpc event script; the lab's cloud LAN, an nft ruleset
+    allowed = {"UDHCPC", "BATCH"} | ({"NFT"} if case.startswith("lab-") else set())
+    assert set(re.findall(r"<<-?'?(\w+)", body)) <= allowed
 
 
 def test_choices_made_at_render_time_are_not_tested_again_in_bash() -> None:
@@ -90,7 +99,7 @@ def test_choices_made_at_render_time_are_not_tested_again_in_bash() -> None:
     assert "brctl" not in seed and 'brctl addbr "$BRIDGE"' in static and 'brctl addif "$BRIDGE" "$UPLINK"' in static
     assert 'brctl stp "$BRIDGE" off' in static and "type bridge stp_state 0" in seed
     assert 'step 6/6 "no DHCP' in static and "DHCP=none" in static and 'dhcp_start "$DHCP" "$PREFIX$i"' not in static
-    assert "ADDRESS=198.18.10.1" in static and "PREFIXLEN=15" in static and "GATEWAY=198.18.0.1" in static
+    assert "198.18.10.1/15 198.18.10.2/15" in static and "GATEWAY=198.18.0.1" in static
     assert "PORT_RANGE=(2000 60000)" in static
     assert 'dhcp_start "$DHCP" host "$BRIDGE"' in hostdhcp and 'ip route replace $line dev "$BRIDGE"' in hostdhcp
     assert 'dhcp_start "$DHCP" host' not in seed and "address replace $line dev $BRIDGE" in seed

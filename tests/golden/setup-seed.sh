@@ -46,12 +46,18 @@ throttle() {
 drain() { while ((RUNNING > 0)); do wait -n; RUNNING=$((RUNNING - 1)); done; }
 
 PREFIX=ns        # namespaces ${PREFIX}0, ${PREFIX}1, ...
+# shellcheck disable=SC2034 # --mode alias has no bridge
 BRIDGE=br0
 UPLINK=''        # empty: the interface of the default route, found where this runs
 STATE=/run/multiip/ns  # the setup's record, pid, lease and saved-uplink files
+# shellcheck disable=SC2034 # --mode alias changes no host-wide limit
 SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
 need_root() { [[ $EUID -eq 0 ]] || die "run this as root: it changes network interfaces"; }
+need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
+link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
+link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
+
 # One setup or teardown at a time on a host: an flock on a file beside the records, held until the
 # script exits (long-running children started here close it). MULTIIP_WAIT=SECONDS queues for it.
 take_lock() {
@@ -69,9 +75,6 @@ safe_dir() {  # $1: a state directory, made 0700 if missing; refused if it is a 
   [[ ! -L $1 && -d $1 && -O $1 ]] || die "$1 is a symlink, not a directory or not owned by root: refusing to use it"
   chmod 0700 "$1"
 }
-need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
-link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
-link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
 #   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_MADE UPLINK DHCP COUNT MANAGER
@@ -84,6 +87,35 @@ read_record() {  # sets RECORD[KEY] from setup.env
   RECORD=()
   [[ -r $STATE/setup.env ]] || return 0
   while IFS='=' read -r key value; do [[ -z $key ]] || RECORD[$key]=$value; done <"$STATE/setup.env"
+}
+
+find_uplink() {  # sets UPLINK if empty; dies without one
+  if [[ -z $UPLINK ]]; then
+    UPLINK=$(ip -4 route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }')
+    [[ -n $UPLINK ]] || die "no default route to find the uplink by: name it with --uplink"
+  fi
+  link_exists "$UPLINK" || die "uplink $UPLINK does not exist"
+}
+
+DMI=${MULTIIP_DMI_DIR:-/sys/class/dmi/id}  # the firmware's DMI strings (tests point this elsewhere)
+find_cloud() {  # sets CLOUD to the provider whose network drops unassigned MACs, or ""
+  local vendor="" product="" bios="" asset=""
+  read -r vendor 2>/dev/null <"$DMI/sys_vendor" || true
+  read -r product 2>/dev/null <"$DMI/product_name" || true
+  read -r bios 2>/dev/null <"$DMI/bios_version" || true
+  read -r asset 2>/dev/null <"$DMI/chassis_asset_tag" || true
+  case "$vendor|$product|$bios|$asset" in
+    "Amazon EC2|"* | *"|"*amazon*"|"*) CLOUD="Amazon EC2" ;;
+    "Google|"* | *"|Google Compute Engine|"*) CLOUD="Google Compute Engine" ;;
+    *"|7783-7084-3265-9085-8269-3286-77") CLOUD="Microsoft Azure" ;;
+    "Microsoft Corporation|Virtual Machine|"*) CLOUD="Hyper-V (Azure, or on premises without MAC address spoofing)" ;;
+    *"|OracleCloud.com") CLOUD="Oracle Cloud" ;;
+    "Alibaba Cloud|"*) CLOUD="Alibaba Cloud" ;;
+    "DigitalOcean|"*) CLOUD="DigitalOcean" ;;
+    "Hetzner|"*) CLOUD="Hetzner Cloud" ;;
+    "OpenStack Foundation|"* | *"|OpenStack Nova|"*) CLOUD="OpenStack (port security)" ;;
+    *) CLOUD="" ;;
+  esac
 }
 INSIDE=tap  # veth end inside namespace i: ${INSIDE}i
 PORT=br-tap      # veth end on the bridge: ${PORT}i
@@ -401,10 +433,7 @@ if ((${#RECORD[@]} == 0)); then  # a new setup: names that exist already belong 
     [[ -z ${links[$PORT$i]:-} ]] || die "interface $PORT$i exists and is not from a setup of prefix $PREFIX: choose another --prefix"
   done
 fi
-if [[ -z $UPLINK ]]; then
-  UPLINK=$(ip -4 route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }')
-  [[ -n $UPLINK ]] || die "no default route to find the uplink by: name it with --uplink"
-fi
+find_uplink
 SHARED_STATE=""  # another setup's state directory, when this one joins its bridge
 if [[ $UPLINK == "$BRIDGE" ]]; then  # another setup already moved the uplink into this bridge: its record says which
   for env in "${STATE%/*}"/*/setup.env; do
@@ -414,12 +443,16 @@ if [[ $UPLINK == "$BRIDGE" ]]; then  # another setup already moved the uplink in
     break
   done
   [[ $UPLINK != "$BRIDGE" ]] || die "the default route already leaves by $BRIDGE: name the uplink with --uplink"
+  link_exists "$UPLINK" || die "uplink $UPLINK does not exist"
 fi
-link_exists "$UPLINK" || die "uplink $UPLINK does not exist"
 ip -o link show dev "$UPLINK" | grep -q ' link/ether ' || die "uplink $UPLINK is not an Ethernet device"
 SYSFS=${MULTIIP_SYSFS:-/sys}  # tests point this elsewhere
 if [[ -e $SYSFS/class/net/$UPLINK/wireless || -e $SYSFS/class/net/$UPLINK/phy80211 ]]; then
-  die "uplink $UPLINK is a Wi-Fi station, which cannot be a bridge port (an access point takes one MAC per station): use --mode ipvlan; nothing was changed"
+  die "uplink $UPLINK is a Wi-Fi station, which cannot be a bridge port (an access point takes one MAC per station): use --mode ipvlan or alias; nothing was changed"
+fi
+find_cloud
+if [[ -n $CLOUD && -z ${MULTIIP_SKIP_CLOUD_CHECK:-} ]]; then
+  die "this host is a $CLOUD instance, whose network drops frames from MACs and IPs it did not assign: --mode bridge cannot work here. Assign secondary IPs to its NIC and use --mode ipvlan or alias with --addresses (see the README); if this network does take other MACs, set MULTIIP_SKIP_CLOUD_CHECK=1; nothing was changed"
 fi
 UPLINK_MASTER=$(link_master "$UPLINK")
 [[ -z $UPLINK_MASTER || $UPLINK_MASTER == "$BRIDGE" ]] || die "uplink $UPLINK is already a port of $UPLINK_MASTER"
@@ -694,6 +727,6 @@ if ((${#pending[@]} > 0)); then
   missing=""
   for i in "${pending[@]}"; do missing+=" $PREFIX$i"; done
   STEP="DHCP leases"
-  die "no DHCP lease within ${LEASE_TIMEOUT}s for ${#pending[@]} of $COUNT namespaces:$missing (their clients keep trying; the teardown removes everything)"
+  die "no DHCP lease within ${LEASE_TIMEOUT}s for ${#pending[@]} of $COUNT namespaces:$missing (their clients keep trying; the teardown removes everything). If this network drops unknown MACs (a cloud, Wi-Fi, port security; multiip doctor tells), use --mode ipvlan or alias"
 fi
 say "ready: $COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)) on $BRIDGE via $UPLINK; see: multiip status"

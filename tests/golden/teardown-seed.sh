@@ -46,12 +46,18 @@ throttle() {
 drain() { while ((RUNNING > 0)); do wait -n; RUNNING=$((RUNNING - 1)); done; }
 
 PREFIX=ns        # namespaces ${PREFIX}0, ${PREFIX}1, ...
+# shellcheck disable=SC2034 # --mode alias has no bridge
 BRIDGE=br0
 UPLINK=''        # empty: the interface of the default route, found where this runs
 STATE=/run/multiip/ns  # the setup's record, pid, lease and saved-uplink files
+# shellcheck disable=SC2034 # --mode alias changes no host-wide limit
 SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
 need_root() { [[ $EUID -eq 0 ]] || die "run this as root: it changes network interfaces"; }
+need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
+link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
+link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
+
 # One setup or teardown at a time on a host: an flock on a file beside the records, held until the
 # script exits (long-running children started here close it). MULTIIP_WAIT=SECONDS queues for it.
 take_lock() {
@@ -69,9 +75,6 @@ safe_dir() {  # $1: a state directory, made 0700 if missing; refused if it is a 
   [[ ! -L $1 && -d $1 && -O $1 ]] || die "$1 is a symlink, not a directory or not owned by root: refusing to use it"
   chmod 0700 "$1"
 }
-need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
-link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
-link_master() { ip -o link show dev "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
 #   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_MADE UPLINK DHCP COUNT MANAGER
@@ -373,7 +376,9 @@ if ((${#RECORD[@]} == 0 && ${#NAMESPACES[@]} == 0)); then  # no record, no port 
 fi
 present=()
 for ns in "${NAMESPACES[@]}"; do [[ ! -e /run/netns/$ns ]] || present+=("$ns"); done
-if [[ $MODE == bridge ]]; then
+if [[ $MODE == alias ]]; then
+  say "--mode alias: $(wc -l <"$STATE/addresses") addresses on $UPLINK${RECORD[LABEL]:+ (label ${RECORD[LABEL]})}, no namespaces"
+elif [[ $MODE == bridge ]]; then
   say "found ${#present[@]} of ${#NAMESPACES[@]} namespaces, bridge ${BRIDGE}$(link_exists "$BRIDGE" || echo ' (absent)'), uplink ${UPLINK:-(none)} (managed by: $MANAGER)"
 else
   say "found ${#present[@]} of ${#NAMESPACES[@]} namespaces, each with a $MODE on ${UPLINK:-(none)}, which stays as it is"
@@ -483,8 +488,26 @@ fi
 progress removed "${#present[@]}" "${#present[@]}"
 
 LEFT_BEHIND=""
-step 4/5 "give ${UPLINK:-the uplink} back its addresses, routes and rules and to its manager, remove $BRIDGE"
-if [[ $MODE != bridge ]]; then
+if [[ $MODE == alias ]]; then step 4/5 "remove the setup's addresses from $UPLINK"
+else step 4/5 "give ${UPLINK:-the uplink} back its addresses, routes and rules and to its manager, remove $BRIDGE"
+fi
+if [[ $MODE == alias ]]; then  # exactly the recorded addresses, where they still are, and the port range
+  batch="" removed=0
+  declare -A ON_UPLINK=()
+  while read -r _ _ _ address _; do ON_UPLINK[$address]=1; done < <(ip -4 -o address show dev "$UPLINK" 2>/dev/null || true)
+  while read -r address; do
+    if [[ -n $address && -n ${ON_UPLINK[$address]:-} ]]; then
+      batch+="address del $address dev $UPLINK"$'\n'
+      removed=$((removed + 1))
+    fi
+  done <"$STATE/addresses"
+  [[ -z $batch ]] || ip -force -batch - <<<"$batch"
+  say "removed $removed addresses from $UPLINK; its own ones stay"
+  if [[ -s $STATE/port-range ]]; then
+    cp "$STATE/port-range" /proc/sys/net/ipv4/ip_local_port_range
+    say "port range back to $(tr '\t' - <"$STATE/port-range")"
+  fi
+elif [[ $MODE != bridge ]]; then
   say "--mode $MODE: nothing to give back, $UPLINK was left as it was"
 elif link_exists "$BRIDGE"; then
   if [[ -s $STATE/host.client ]]; then  # --host-dhcp: the bridge's own client
@@ -546,6 +569,7 @@ if [[ -n $LEFT_BEHIND ]]; then  # the record stays, for the down that finishes t
   die "removed ${#present[@]} namespaces; $LEFT_BEHIND"
 fi
 rm -rf "$STATE"
-if [[ $MODE == bridge ]]; then say "removed ${#present[@]} namespaces and $BRIDGE; ${UPLINK:-the uplink} is back as it was"
+if [[ $MODE == alias ]]; then say "removed the setup's addresses; $UPLINK is as it was"
+elif [[ $MODE == bridge ]]; then say "removed ${#present[@]} namespaces and $BRIDGE; ${UPLINK:-the uplink} is back as it was"
 else say "removed ${#present[@]} namespaces and their ${MODE}s; $UPLINK was left as it was"
 fi
