@@ -19,7 +19,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 install: $(PY)  ## the package, editable, with its test tools, in $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,locust]'
 
 lint:
 	$(PY) -m ruff check multiip tests benchmarks

@@ -10,9 +10,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import clients
 import million
+import modes
 import scale
 
-BENCHMARKS = {"scale": scale.main, "million": million.main, "clients": clients.main}
+BENCHMARKS = {"scale": scale.main, "modes": modes.main, "million": million.main, "clients": clients.main}
 
 if __name__ == "__main__":
     if os.geteuid() != 0:

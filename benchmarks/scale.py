@@ -5,8 +5,8 @@
 - 1000 namespaces: `run` (static addresses) and `down`;
 - 200 namespaces all holding a DHCP lease (lab server with its ping check off), and DHCP client memory
   per namespace for udhcpc, dhclient and dhcpcd;
-- 1000 namespaces with DHCP, with the host-wide ARP and backlog limits raised for the run;
-- --mode macvlan (no bridge, so past 1022): 1000 and 2000 static namespaces, run and down.
+- 1000 namespaces with DHCP, with the host-wide ARP and backlog limits raised for the run.
+Each mode's run and down (and the host's connectivity gap) are in modes.py.
 """
 
 from __future__ import annotations
@@ -108,16 +108,6 @@ def thousand(host: str) -> dict[str, Any]:
     }
 
 
-def macvlan(host: str) -> dict[str, Any]:
-    """--mode macvlan (no bridge): run and down of 1000 and 2000 static namespaces."""
-    out: dict[str, Any] = {}
-    for n in (1000, 2000):
-        p = f"m{tag()}"
-        args = ["--mode", "macvlan", "--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/15"]
-        out[str(n)] = {"run_seconds": timed(multiip("run", *args, "--yes"), host), "down_seconds": down(p, host)}
-    return out
-
-
 def dhcp(the_lab: labmod.Lab, n: int, client: str) -> dict[str, Any]:
     p = f"d{tag()}"
     args = ["--count", str(n), "--prefix", p, "--dhcp", client, "--lease-timeout", "120", "--yes"]
@@ -155,7 +145,6 @@ def main() -> dict[str, Any]:
         with sysctls(limits) as raised:
             out["dhcp_1000"] = dhcp(the_lab, 1000, "auto")
             out["dhcp_1000"]["limits_raised_for_the_run"] = raised
-            out["macvlan_static"] = macvlan(the_lab.host_ns)
     save("scale", out)
     return out
 

@@ -58,7 +58,8 @@ def test_alias_labels_its_addresses_and_down_removes_exactly_them(lab: labmod.La
         (a["local"], a.get("label")) for x in ip_json("address", "show", "dev", "eth0", netns=lab.host_ns)
         for a in x["addr_info"] if a["family"] == "inet"
     }  # fmt: skip
-    assert labelled == {(str(lab.host_ip), "eth0"), ("198.18.0.40", f"eth0:{prefix}"), ("198.18.0.41", f"eth0:{prefix}")}
+    label = f"eth0:{prefix}"
+    assert labelled == {(str(lab.host_ip), "eth0"), ("198.18.0.40", label), ("198.18.0.41", label)}
     assert port_range(lab.host_ns) == "1024-65535"
     status = json.loads(multiip("status", "--prefix", prefix, "--json", netns=lab.host_ns).stdout)
     assert status["mode"] == "alias"
@@ -167,5 +168,17 @@ def test_alias_with_the_assigned_addresses_holds_past_one_ip_on_a_cloud_lan(clou
                               "--json", netns=cloud.host_ns).stdout)  # fmt: skip
     assert held["established"] == held["target"] == 2 * (65535 - 1024 + 1 - (60999 - 32768 + 1)) == 72_560
     assert {r["ip"] for r in held["namespaces"]} == {str(ip) for ip in cloud.assigned}
+    multiip("down", "--prefix", prefix, "--yes", netns=cloud.host_ns)
+    assert host_state(cloud.host_ns, prefix) == before
+    # an address the cloud did not assign reaches nothing, as in a real one
+    multiip("run", "--mode", "alias", "--prefix", prefix, "--addresses", "198.18.0.60", netns=cloud.host_ns)
+    connect_from = (
+        "import socket,sys; s = socket.socket(); s.settimeout(2); s.bind((sys.argv[1], 0)); "
+        "s.connect((sys.argv[2], int(sys.argv[3]))); s.close()"
+    )
+    for source, reached in ((str(cloud.host_ip), True), ("198.18.0.60", False)):
+        cp = sh("python3", "-c", connect_from, source, str(cloud.lan_ip), str(cloud.port), netns=cloud.host_ns,
+                check=False)  # fmt: skip
+        assert (cp.returncode == 0) == reached, source
     multiip("down", "--prefix", prefix, "--yes", netns=cloud.host_ns)
     assert host_state(cloud.host_ns, prefix) == before

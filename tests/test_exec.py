@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import multiip, ours, processes
@@ -161,6 +163,89 @@ def test_wrk_from_four_namespaces_holds_more_than_one_ip_can_to_one_nginx(lab: l
         assert most > 64512, f"the server saw at most {most:,} connections at once"
         rates = [float(m) for m in re.findall(r"\| Requests/sec:\s+([\d.]+)", out)]
         assert len(rates) == 4 and all(r > 0 for r in rates), out[-2000:]
+    finally:
+        multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+        server.terminate()
+        server.wait(timeout=20)
+
+
+LOCUSTFILE = Path(__file__).parent / "locust_hold.py"
+
+
+def run_locust(lab: labmod.Lab, prefix: str, users: int, rate: int, seconds: int) -> dict[str, Any]:
+    """Locust distributed as the README says: the master on the (lab) host, one worker in every namespace of
+    the setup through `multiip exec --all`, users that each keep a connection to nginx on the lab's LAN.
+    Returns Locust's final stats, what it logged, the server's peak of established connections and the
+    seconds from `multiip exec --all` to every worker connected and to every user spawned."""
+    host = str(lab.host_ip)
+    master = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{lab.host_ns}", "--", sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
+         "--master", "--master-bind-host", host, "--headless", "-u", str(users), "-r", str(rate),
+         "--expect-workers", str(len(ours(prefix))), "--expect-workers-max-wait", "60", "--run-time", f"{seconds}s",
+         "--host", f"http://{lab.lan_ip}:8080", "--json", "--stop-timeout", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+    )  # fmt: skip
+    t0 = time.monotonic()
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "multiip", "exec", "--prefix", prefix, "--all", "--json", "--", sys.executable, "-m",
+         "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", host],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    most, deadline = 0, t0 + seconds + 120
+    log: list[str] = []
+    assert master.stderr is not None
+    os.set_blocking(master.stderr.fileno(), False)
+    connected = spawned = None
+    try:
+        while master.poll() is None and time.monotonic() < deadline:
+            most = max(most, established(lab.lan_ns, 8080))
+            log += (master.stderr.read() or "").splitlines()
+            text = "\n".join(log)
+            if connected is None and f"{len(ours(prefix))} workers connected" in text:
+                connected = round(time.monotonic() - t0, 2)
+            if spawned is None and "All users spawned" in text:
+                spawned = round(time.monotonic() - t0, 2)
+            time.sleep(0.5)
+        out, err = master.communicate(timeout=60)
+        log += err.splitlines()
+        w_out, w_err = workers.communicate(timeout=60)
+    finally:
+        for proc in (master, workers):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=30)
+    return {
+        "stats": json.loads(out),
+        "log": log,
+        "master_exit": master.returncode,
+        "workers": json.loads(w_out) if w_out.strip() else [],
+        "workers_exit": workers.returncode,
+        "workers_err": w_err,
+        "server_held_at_once": most,
+        "seconds_to_every_worker": connected,
+        "seconds_to_every_user": spawned,
+    }
+
+
+@pytest.mark.skipif(not shutil.which("nginx", path="/usr/sbin:/sbin"), reason="needs nginx")
+def test_locust_distributed_over_the_namespaces_holds_more_than_one_ip_can(lab: labmod.Lab, tmp_path: Path) -> None:
+    """Locust (the optional extra): the master on the lab host, a worker in each of 4 namespaces through
+    `exec --all`, 68,000 users each keeping one connection to one nginx ip:port. Locust's own stats count
+    68,000 connects without a failure; the server holds more than 64,512 at once from one host."""
+    prefix = f"l{lab.name[2:]}"
+    (tmp_path / "nginx.conf").write_text(NGINX.format(tmp=tmp_path, ip=lab.lan_ip))
+    server = subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.lan_ns}", "/usr/sbin/nginx", "-c",
+                               str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])  # fmt: skip
+    multiip("run", "--prefix", prefix, "--count", "4", "--yes", netns=lab.host_ns)
+    try:
+        run = run_locust(lab, prefix, users=68_000, rate=4000, seconds=35)
+        assert run["master_exit"] == 0 and run["workers_exit"] == 0, "\n".join(run["log"][-20:]) + run["workers_err"]
+        by_name = {(s["method"], s["name"]): s for s in run["stats"]}
+        connects = by_name[("CONNECT", "connect")]
+        assert connects["num_requests"] == 68_000 and connects["num_failures"] == 0
+        assert by_name[("GET", "keep-alive /")]["num_requests"] >= 68_000
+        assert any("All users spawned" in line and "68000 total users" in line for line in run["log"])
+        assert run["server_held_at_once"] > 64512, run["server_held_at_once"]
     finally:
         multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
         server.terminate()
