@@ -1,7 +1,12 @@
-"""A real load client through `multiip exec --all`: Debian's wrk in 4 namespaces against one nginx
-ip:port on the lab's LAN (four workers, SO_REUSEPORT), 17,000 connections each. Measured in this run:
-the most connections the server held at once, the requests/s wrk reports, and the time from starting
-`multiip exec --all` to the server holding every connection."""
+"""Real load clients through `multiip exec --all`, one after the other in the same run against the same
+nginx ip:port on the lab's LAN (four workers, SO_REUSEPORT), from the same 4 namespaces:
+
+- Debian's wrk, 17,000 connections per namespace: the most connections the server held at once, the
+  requests/s wrk reports, and the time from starting `multiip exec --all` to the server holding every one;
+- Locust distributed (master on the lab host, a worker per namespace), 68,000 users that each keep one
+  connection (tests/locust_hold.py, a request every 10 s each): the server's peak, Locust's own counts
+  and requests/s, and the time from `multiip exec --all` to every worker connected and every user spawned.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from multiip import execute, render
 from multiip.plan import make_plan
 
 NAMESPACES, PER_NAMESPACE, SECONDS = 4, 17_000, 15
+LOCUST_USERS, LOCUST_SECONDS = 68_000, 45
 NGINX = Path(__file__).parent.parent / "tests" / "test_exec.py"
 
 
@@ -33,6 +39,7 @@ def established(netns: str, port: int) -> int:
 def main() -> dict[str, Any]:
     sys.path.insert(0, str(NGINX.parent))
     from test_exec import NGINX as CONF  # the one nginx configuration, shared with the test
+    from test_exec import run_locust
 
     tag = "".join(random.choices(string.ascii_lowercase, k=4))
     with lab_up(f"cl{tag}", leases=64, capacity=1000) as the_lab, tempfile.TemporaryDirectory() as tmp:
@@ -59,18 +66,38 @@ def main() -> dict[str, Any]:
                 time.sleep(0.25)
             out, _ = client.communicate()
             rates = [float(m) for m in re.findall(r"\| Requests/sec:\s+([\d.]+)", out)]
+            time.sleep(5)  # wrk's connections closed: the server starts from none
+            locust = run_locust(the_lab, plan.target.prefix, LOCUST_USERS, 4000, LOCUST_SECONDS, Path(tmp))
         finally:
             execute.run_script(render.teardown_script(plan.target), show, netns=the_lab.host_ns)
             server.terminate()
             server.wait()
+    stats = {(x["method"], x["name"]): x for x in locust["stats"]}
+    gets, connects = stats[("GET", "keep-alive /")], stats[("CONNECT", "connect")]
+    seconds = gets["last_request_timestamp"] - gets["start_time"]
     result = {
         "namespaces": NAMESPACES,
-        "connections_per_namespace": PER_NAMESPACE,
-        "server_held_at_once": most,
-        "seconds_to_every_connection": all_up,
-        "requests_per_second": round(sum(rates)),
-        "requests_per_second_per_namespace": rates,
-        "wrk_seconds": SECONDS,
+        "wrk": {
+            "connections_per_namespace": PER_NAMESPACE,
+            "server_held_at_once": most,
+            "seconds_to_every_connection": all_up,
+            "requests_per_second": round(sum(rates)),
+            "requests_per_second_per_namespace": rates,
+            "wrk_seconds": SECONDS,
+        },
+        "locust": {
+            "users": LOCUST_USERS,
+            "server_held_at_once": locust["server_held_at_once"],
+            "connects": connects["num_requests"],
+            "connect_failures": connects["num_failures"],
+            "requests": gets["num_requests"],
+            "request_failures": gets["num_failures"],
+            "requests_per_second": round(gets["num_requests"] / seconds) if seconds > 0 else None,
+            "seconds_to_every_worker": locust["seconds_to_every_worker"],
+            "seconds_to_every_user": locust["seconds_to_every_user"],
+            "run_seconds": LOCUST_SECONDS,
+            "request_every_seconds_per_user": 10,
+        },
     }
     save("clients", result)
     return result

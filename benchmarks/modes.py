@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from common import lab_up, save, sysctls
+from helpers import ipvlan_works  # tests/helpers.py
 from scale import multiip, tag, timed
 
 from multiip import lab as labmod
@@ -62,15 +63,6 @@ def gap_during(the_lab: labmod.Lab, argv: list[str]) -> tuple[float, dict[str, A
     return seconds, json.loads(out)
 
 
-def ipvlan_works(the_lab: labmod.Lab) -> bool:
-    probe = (
-        "ip netns add mbipv; ip link add link eth0 name p0 netns mbipv type ipvlan mode l2; r=$?; "
-        "ip netns del mbipv; exit $r"
-    )
-    return subprocess.run(["nsenter", f"--net=/run/netns/{the_lab.host_ns}", "sh", "-c", probe],
-                          capture_output=True).returncode == 0  # fmt: skip
-
-
 def one(the_lab: labmod.Lab, mode: str, n: int) -> dict[str, Any]:
     p = f"b{tag()}"
     if mode == "alias":
@@ -95,7 +87,7 @@ def main() -> dict[str, Any]:
         sysctls({"net.core.netdev_max_backlog": 8192}) as raised,
     ):
         for mode in ("bridge", "macvlan", "ipvlan", "alias"):
-            if mode == "ipvlan" and not ipvlan_works(the_lab):
+            if mode == "ipvlan" and not ipvlan_works(the_lab.host_ns):
                 out[mode] = "not measured: this kernel makes no ipvlan links (CONFIG_IPVLAN unset)"
                 continue
             counts = (300, 1000, 2000) if mode == "macvlan" else (300, 1000)

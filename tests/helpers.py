@@ -159,3 +159,12 @@ def fake_sysctls(directory: Path, values: dict[str, str]) -> Path:
         (directory / key).parent.mkdir(parents=True, exist_ok=True)
         (directory / key).write_text(value + "\n")
     return directory
+
+
+def ipvlan_works(netns: str) -> bool:
+    """Can this kernel make an ipvlan on netns's eth0? (One throwaway link in a throwaway namespace.)"""
+    probe = (
+        "ip netns add mipvprobe; ip link add link eth0 name p0 netns mipvprobe type ipvlan mode l2; r=$?; "
+        "ip netns del mipvprobe; exit $r"
+    )
+    return sh("sh", "-c", probe, netns=netns, check=False).returncode == 0

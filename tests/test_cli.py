@@ -105,12 +105,19 @@ def test_status_json_with_nothing_set_up() -> None:
     assert data["namespaces"] == [] and data["prefix"] == "nothinghere"
 
 
+def test_doctor_dry_run_prints_its_script_without_root() -> None:
+    script = multiip("doctor", "--dry-run", "--uplink", "ens5").stdout
+    assert script.startswith("#!/usr/bin/env bash") and "UPLINK=ens5" in script and "arping -D" in script
+    cp = multiip("doctor", "--timeout", "0", check=False)
+    assert cp.returncode != 0 and "--timeout 0" in cp.stderr and "Traceback" not in cp.stderr
+
+
 def test_version() -> None:
     assert multiip("--version").stdout.startswith("multiip ")
 
 
 def test_every_command_has_an_example_in_its_help() -> None:
-    for command in (["render"], ["run"], ["down"], ["status"], ["hold"], ["exec"], ["addrs"], ["demo"],
+    for command in (["render"], ["run"], ["down"], ["status"], ["hold"], ["exec"], ["addrs"], ["demo"], ["doctor"],
                     ["lab", "up"], ["lab", "down"], ["lab", "exec"], ["lab", "status"]):  # fmt: skip
         help_text = multiip(*command, "--help").stdout
         assert "Example: " in help_text and "multiip " in help_text.split("Example: ")[1], command

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -172,42 +171,38 @@ def test_wrk_from_four_namespaces_holds_more_than_one_ip_can_to_one_nginx(lab: l
 LOCUSTFILE = Path(__file__).parent / "locust_hold.py"
 
 
-def run_locust(lab: labmod.Lab, prefix: str, users: int, rate: int, seconds: int) -> dict[str, Any]:
+def run_locust(lab: labmod.Lab, prefix: str, users: int, rate: int, seconds: int, logs: Path) -> dict[str, Any]:
     """Locust distributed as the README says: the master on the (lab) host, one worker in every namespace of
     the setup through `multiip exec --all`, users that each keep a connection to nginx on the lab's LAN.
     Returns Locust's final stats, what it logged, the server's peak of established connections and the
     seconds from `multiip exec --all` to every worker connected and to every user spawned."""
-    host = str(lab.host_ip)
-    master = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{lab.host_ns}", "--", sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
-         "--master", "--master-bind-host", host, "--headless", "-u", str(users), "-r", str(rate),
-         "--expect-workers", str(len(ours(prefix))), "--expect-workers-max-wait", "60", "--run-time", f"{seconds}s",
-         "--host", f"http://{lab.lan_ip}:8080", "--json", "--stop-timeout", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
-    )  # fmt: skip
+    host, n = str(lab.host_ip), len(ours(prefix))
+    master_log = logs / "locust-master.log"
+    with master_log.open("w") as err:
+        master = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{lab.host_ns}", "--", sys.executable, "-m", "locust", "-f",
+             str(LOCUSTFILE), "--master", "--master-bind-host", host, "--headless", "-u", str(users), "-r", str(rate),
+             "--expect-workers", str(n), "--expect-workers-max-wait", "60", "--run-time", f"{seconds}s",
+             "--host", f"http://{lab.lan_ip}:8080", "--json", "--stop-timeout", "5"],
+            stdout=subprocess.PIPE, stderr=err, text=True, cwd="/",
+        )  # fmt: skip
     t0 = time.monotonic()
     workers = subprocess.Popen(
-        [sys.executable, "-m", "multiip", "exec", "--prefix", prefix, "--all", "--json", "--", sys.executable, "-m",
-         "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", host],
+        [sys.executable, "-m", "multiip", "exec", "--prefix", prefix, "--all", "--json", "--output", str(logs), "--",
+         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", host],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    most, deadline = 0, t0 + seconds + 120
-    log: list[str] = []
-    assert master.stderr is not None
-    os.set_blocking(master.stderr.fileno(), False)
-    connected = spawned = None
+    most, connected, spawned = 0, None, None
     try:
-        while master.poll() is None and time.monotonic() < deadline:
+        while master.poll() is None and time.monotonic() < t0 + seconds + 120:
             most = max(most, established(lab.lan_ns, 8080))
-            log += (master.stderr.read() or "").splitlines()
-            text = "\n".join(log)
-            if connected is None and f"{len(ours(prefix))} workers connected" in text:
+            text = master_log.read_text()
+            if connected is None and f"{n} workers connected" in text:
                 connected = round(time.monotonic() - t0, 2)
             if spawned is None and "All users spawned" in text:
                 spawned = round(time.monotonic() - t0, 2)
             time.sleep(0.5)
-        out, err = master.communicate(timeout=60)
-        log += err.splitlines()
+        out, _ = master.communicate(timeout=60)
         w_out, w_err = workers.communicate(timeout=60)
     finally:
         for proc in (master, workers):
@@ -215,8 +210,8 @@ def run_locust(lab: labmod.Lab, prefix: str, users: int, rate: int, seconds: int
                 proc.send_signal(signal.SIGINT)
                 proc.wait(timeout=30)
     return {
-        "stats": json.loads(out),
-        "log": log,
+        "stats": json.loads(out) if out.strip() else [],
+        "log": master_log.read_text().splitlines(),
         "master_exit": master.returncode,
         "workers": json.loads(w_out) if w_out.strip() else [],
         "workers_exit": workers.returncode,
@@ -238,7 +233,7 @@ def test_locust_distributed_over_the_namespaces_holds_more_than_one_ip_can(lab: 
                                str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])  # fmt: skip
     multiip("run", "--prefix", prefix, "--count", "4", "--yes", netns=lab.host_ns)
     try:
-        run = run_locust(lab, prefix, users=68_000, rate=4000, seconds=35)
+        run = run_locust(lab, prefix, users=68_000, rate=4000, seconds=35, logs=tmp_path)
         assert run["master_exit"] == 0 and run["workers_exit"] == 0, "\n".join(run["log"][-20:]) + run["workers_err"]
         by_name = {(s["method"], s["name"]): s for s in run["stats"]}
         connects = by_name[("CONNECT", "connect")]

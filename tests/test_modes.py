@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import HOST_LIMITS, fake_sysctls, host_state, ip_json, leftovers, multiip, ours, reaches, uplink_state
+from helpers import (
+    HOST_LIMITS,
+    fake_sysctls,
+    host_state,
+    ip_json,
+    ipvlan_works,
+    leftovers,
+    multiip,
+    ours,
+    reaches,
+    uplink_state,
+)
 
 from multiip import lab as labmod
 
@@ -62,21 +72,12 @@ def test_macvlan_goes_past_one_bridges_1022(
         backlog.write_text(old)
 
 
-def ipvlan_works(lab: labmod.Lab) -> bool:
-    probe = (
-        "ip netns add mipv; ip link add link eth0 name p0 netns mipv type ipvlan mode l2; r=$?; "
-        "ip netns del mipv; exit $r"
-    )
-    return subprocess.run(["nsenter", f"--net=/run/netns/{lab.host_ns}", "sh", "-c", probe],
-                          capture_output=True).returncode == 0  # fmt: skip
-
-
 def test_ipvlan_shares_the_uplinks_mac_or_is_refused_with_the_reason(lab: labmod.Lab, prefix: str) -> None:
     """Each namespace's ipvlan has the uplink's MAC; DHCP tells them apart by client id. On a kernel without
     ipvlan (this machine's has CONFIG_IPVLAN unset) the setup says so and changes nothing."""
     before = host_state(lab.host_ns, prefix)
     args = ["run", "--mode", "ipvlan", "--prefix", prefix, "--count", "4", "--yes"]
-    if not ipvlan_works(lab):
+    if not ipvlan_works(lab.host_ns):
         cp = multiip(*args, netns=lab.host_ns, check=False)
         assert cp.returncode != 0
         assert "this kernel cannot make an ipvlan on eth0" in cp.stderr.splitlines()[-1]
