@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -185,6 +186,8 @@ def run_locust(lab: labmod.Lab, prefix: str, users: int, rate: int, seconds: int
              "--expect-workers", str(n), "--expect-workers-max-wait", "60", "--run-time", f"{seconds}s",
              "--host", f"http://{lab.lan_ip}:8080", "--json", "--stop-timeout", "5"],
             stdout=subprocess.PIPE, stderr=err, text=True, cwd="/",
+            # on 2 busy cores the workers' last counts can come later than Locust's default 1 s allows
+            env={**os.environ, "LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP": "15"},
         )  # fmt: skip
     t0 = time.monotonic()
     workers = subprocess.Popen(
@@ -199,7 +202,7 @@ def run_locust(lab: labmod.Lab, prefix: str, users: int, rate: int, seconds: int
             text = master_log.read_text()
             if connected is None and f"{n} workers connected" in text:
                 connected = round(time.monotonic() - t0, 2)
-            if spawned is None and "All users spawned" in text:
+            if spawned is None and ("All users spawned" in text or "Spawning is complete" in text):
                 spawned = round(time.monotonic() - t0, 2)
             time.sleep(0.5)
         out, _ = master.communicate(timeout=60)
