@@ -21,7 +21,8 @@ from multiip.errors import MultiipError
 from multiip.plan import Target
 
 # One process per namespace reads its links/addresses, default route and port range.
-_PROBE = "ip -j address show; echo; ip -j -4 route show default; echo; cat /proc/sys/net/ipv4/ip_local_port_range"
+# {dev}: empty in a namespace (all its links), 'dev "$0"' for one device (the uplink, with --mode alias).
+_PROBE = "ip -j address show {dev}; echo; ip -j -4 route show default; echo; cat /proc/sys/net/ipv4/ip_local_port_range"
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def _pid(path: str, client: str) -> tuple[int | None, bool]:
 
 
 def namespace_status(member: Member, client: str | None) -> NamespaceStatus:
-    st = decode_probe(member, execute.capture(execute.in_netns(member.name, ["sh", "-c", _PROBE])))
+    st = decode_probe(member, execute.capture(execute.in_netns(member.name, ["sh", "-c", _PROBE.format(dev="")])))
     if client and client != "none":
         st.dhcp_client = client
         if member.pidfile:
@@ -179,8 +180,8 @@ def _probe_present(record: Record | None, client: str | None) -> list[NamespaceS
 def alias_status(record: Record) -> list[NamespaceStatus]:
     """--mode alias: each recorded address as a row, present or not on the uplink (one probe, here)."""
     uplink = record.env.get("UPLINK", "")
-    probe = _PROBE.replace("ip -j address show", 'ip -j address show dev "$0"')  # the uplink only
-    st = decode_probe(Member(uplink, uplink, "-", None, None), execute.capture(["sh", "-c", probe, uplink]))
+    probe = ["sh", "-c", _PROBE.format(dev='dev "$0"'), uplink]
+    st = decode_probe(Member(uplink, uplink, "-", None, None), execute.capture(probe))
     on_uplink = {a for link in st.interfaces for a in link["ipv4"]}
     return [
         NamespaceStatus(

@@ -149,12 +149,15 @@ def test_bridge_and_macvlan_fail_clearly_on_a_cloud_lan(cloud: labmod.Lab, cpref
     for mode in ("macvlan", "bridge"):
         cp = multiip("run", "--mode", mode, "--prefix", prefix, "--count", "2", "--lease-timeout", "3", "--yes",
                      netns=cloud.host_ns, check=False)  # fmt: skip
-        assert cp.returncode != 0, mode
-        assert "no DHCP lease within 3s" in cp.stderr and "multiip doctor" in cp.stderr, mode
+        assert cp.returncode != 0, cp.stderr
+        assert "no DHCP lease within 3s" in cp.stderr and "multiip doctor" in cp.stderr, cp.stderr
         reach = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()"
-        sh("python3", "-c", reach, str(cloud.lan_ip), str(cloud.port), netns=cloud.host_ns)  # the host still can
-        multiip("down", "--prefix", prefix, "--yes", netns=cloud.host_ns)
-        assert host_state(cloud.host_ns, prefix) == before, mode
+        reached = sh("python3", "-c", reach, str(cloud.lan_ip), str(cloud.port), netns=cloud.host_ns, check=False)
+        assert reached.returncode == 0, f"{mode}: the host lost the LAN: {reached.stderr}"  # the host still can
+        down = multiip("down", "--prefix", prefix, "--yes", netns=cloud.host_ns)
+        after = host_state(cloud.host_ns, prefix)
+        changed = [k for k in before if before[k] != after[k]]
+        assert after == before, f"{mode}: {changed}\n{before}\n{after}\n{down.stderr}"
 
 
 def test_alias_with_the_assigned_addresses_holds_past_one_ip_on_a_cloud_lan(cloud: labmod.Lab, cprefix: str) -> None:
