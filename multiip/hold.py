@@ -58,7 +58,12 @@ class Share:
 
     @property
     def count(self) -> int:
-        return sum(hi - lo + 1 for lo, hi in self.ranges)
+        return size(self.ranges)
+
+
+def size(ranges: list[tuple[int, int]]) -> int:
+    """How many ports inclusive ranges hold."""
+    return sum(hi - lo + 1 for lo, hi in ranges)
 
 
 def _read_int(path: str) -> int | None:
@@ -97,19 +102,19 @@ def plan_shares(target: Target, per_ip: int | None) -> list[Share]:
     shares = []
     for r in rows:
         usable = usable_ports(r)
-        size = sum(hi - lo + 1 for lo, hi in usable)
-        if size == 0:
+        have = size(usable)
+        if have == 0:
             raise MultiipError(
                 f"{r.ipv4}: the host's port range {r.port_range} covers every port, and hold binding any of them on "
                 "an added address would leave the host none for its own connections; set the setup up again "
                 "without --port-range, or narrow net.ipv4.ip_local_port_range"
             )
-        n = size if per_ip is None else per_ip
-        if n > size:
+        n = have if per_ip is None else per_ip
+        if n > have:
             where = "ports outside the host's own range" if r.host else "ports in its range"
-            raise MultiipError(f"--per-ip {n}: {r.name}'s {r.ipv4} has {size} {where} ({r.port_range})")
+            raise MultiipError(f"--per-ip {n}: {r.name}'s {r.ipv4} has {have} {where} ({r.port_range})")
         assert r.ipv4 is not None
-        share = Share(r.name, r.ipv4.split("/")[0], _take(usable, n), size, r.host)
+        share = Share(r.name, r.ipv4.split("/")[0], _take(usable, n), have, r.host)
         for lo, hi in share.ranges:
             k = math.ceil((hi - lo + 1) / per_worker)
             step = math.ceil((hi - lo + 1) / k)
