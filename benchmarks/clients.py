@@ -21,31 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from common import lab_up, save, show
+from test_exec import established, nginx_on_the_lan, run_locust  # tests/: the same server and client
 
 from multiip import execute, render
 from multiip.plan import make_plan
 
 NAMESPACES, PER_NAMESPACE, SECONDS = 4, 17_000, 15
 LOCUST_USERS, LOCUST_SECONDS = 68_000, 45
-NGINX = Path(__file__).parent.parent / "tests" / "test_exec.py"
-
-
-def established(netns: str, port: int) -> int:
-    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "ss", "-Htn", "state", "established",
-                          f"( sport = :{port} )"], capture_output=True, text=True).stdout  # fmt: skip
-    return len(out.splitlines())
 
 
 def main() -> dict[str, Any]:
-    sys.path.insert(0, str(NGINX.parent))
-    from test_exec import NGINX as CONF  # the one nginx configuration, shared with the test
-    from test_exec import run_locust
-
     tag = "".join(random.choices(string.ascii_lowercase, k=4))
-    with lab_up(f"cl{tag}", leases=64, capacity=1000) as the_lab, tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "nginx.conf").write_text(CONF.format(tmp=tmp, ip=the_lab.lan_ip))
-        server = subprocess.Popen(["nsenter", f"--net=/run/netns/{the_lab.lan_ns}", "/usr/sbin/nginx", "-c",
-                                   f"{tmp}/nginx.conf", "-p", tmp])  # fmt: skip
+    with (
+        lab_up(f"cl{tag}", leases=64, capacity=1000) as the_lab,
+        tempfile.TemporaryDirectory() as tmp,
+        nginx_on_the_lan(the_lab, Path(tmp)),  # the same server as the tests'
+    ):
         plan = make_plan(prefix=f"c{tag}", count=NAMESPACES)
         execute.run_script(render.setup_script(plan), show, netns=the_lab.host_ns)
         try:
@@ -70,8 +61,6 @@ def main() -> dict[str, Any]:
             locust = run_locust(the_lab, plan.target.prefix, LOCUST_USERS, 4000, LOCUST_SECONDS, Path(tmp))
         finally:
             execute.run_script(render.teardown_script(plan.target), show, netns=the_lab.host_ns)
-            server.terminate()
-            server.wait()
     stats = {(x["method"], x["name"]): x for x in locust["stats"]}
     gets, connects = stats[("GET", "keep-alive /")], stats[("CONNECT", "connect")]
     seconds = gets["last_request_timestamp"] - gets["start_time"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -130,6 +131,19 @@ http {{
 """
 
 
+@contextlib.contextmanager
+def nginx_on_the_lan(lab: labmod.Lab, directory: Path) -> Iterator[None]:
+    """nginx (NGINX above) on the lab's LAN, port 8080, its files in directory; stopped at the end."""
+    (directory / "nginx.conf").write_text(NGINX.format(tmp=directory, ip=lab.lan_ip))
+    server = subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.lan_ns}", "/usr/sbin/nginx", "-c",
+                               str(directory / "nginx.conf"), "-p", str(directory)])  # fmt: skip
+    try:
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
 def established(netns: str, port: int) -> int:
     out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "ss", "-Htn", "state", "established",
                           f"( sport = :{port} )"], capture_output=True, text=True).stdout  # fmt: skip
@@ -143,30 +157,26 @@ def test_wrk_from_four_namespaces_holds_more_than_one_ip_can_to_one_nginx(lab: l
     """A real HTTP server on the lab's LAN (nginx, four workers) and Debian's wrk in four namespaces through
     `exec --all`: the server sees more than 64,512 connections established at once from one host."""
     prefix = f"w{lab.name[2:]}"
-    (tmp_path / "nginx.conf").write_text(NGINX.format(tmp=tmp_path, ip=lab.lan_ip))
-    server = subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.lan_ns}", "/usr/sbin/nginx", "-c",
-                               str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])  # fmt: skip
-    multiip("run", "--prefix", prefix, "--count", "4", "--yes", netns=lab.host_ns)
-    try:
-        client = subprocess.Popen(
-            [sys.executable, "-m", "multiip", "exec", "--prefix", prefix, "--all", "--json", "--", "wrk", "-t", "2",
-             "-c", "17000", "-d", "12s", "--timeout", "10s", f"http://{lab.lan_ip}:8080/"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        most = 0
-        deadline = time.monotonic() + 30
-        while client.poll() is None and time.monotonic() < deadline:
-            most = max(most, established(lab.lan_ns, 8080))
-            time.sleep(0.5)
-        out, err = client.communicate(timeout=60)
-        assert client.returncode == 0, err[-2000:]
-        assert most > 64512, f"the server saw at most {most:,} connections at once"
-        rates = [float(m) for m in re.findall(r"\| Requests/sec:\s+([\d.]+)", out)]
-        assert len(rates) == 4 and all(r > 0 for r in rates), out[-2000:]
-    finally:
-        multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
-        server.terminate()
-        server.wait(timeout=20)
+    with nginx_on_the_lan(lab, tmp_path):
+        multiip("run", "--prefix", prefix, "--count", "4", "--yes", netns=lab.host_ns)
+        try:
+            client = subprocess.Popen(
+                [sys.executable, "-m", "multiip", "exec", "--prefix", prefix, "--all", "--json", "--", "wrk", "-t", "2",
+                 "-c", "17000", "-d", "12s", "--timeout", "10s", f"http://{lab.lan_ip}:8080/"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            most = 0
+            deadline = time.monotonic() + 30
+            while client.poll() is None and time.monotonic() < deadline:
+                most = max(most, established(lab.lan_ns, 8080))
+                time.sleep(0.5)
+            out, err = client.communicate(timeout=60)
+            assert client.returncode == 0, err[-2000:]
+            assert most > 64512, f"the server saw at most {most:,} connections at once"
+            rates = [float(m) for m in re.findall(r"\| Requests/sec:\s+([\d.]+)", out)]
+            assert len(rates) == 4 and all(r > 0 for r in rates), out[-2000:]
+        finally:
+            multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
 
 
 LOCUSTFILE = Path(__file__).parent / "locust_hold.py"
@@ -231,20 +241,17 @@ def test_locust_distributed_over_the_namespaces_holds_more_than_one_ip_can(lab: 
     `exec --all`, 68,000 users each keeping one connection to one nginx ip:port. Locust's own stats count
     68,000 connects without a failure; the server holds more than 64,512 at once from one host."""
     prefix = f"l{lab.name[2:]}"
-    (tmp_path / "nginx.conf").write_text(NGINX.format(tmp=tmp_path, ip=lab.lan_ip))
-    server = subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.lan_ns}", "/usr/sbin/nginx", "-c",
-                               str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])  # fmt: skip
-    multiip("run", "--prefix", prefix, "--count", "4", "--yes", netns=lab.host_ns)
-    try:
-        run = run_locust(lab, prefix, users=68_000, rate=4000, seconds=35, logs=tmp_path)
-        assert run["master_exit"] == 0 and run["workers_exit"] == 0, "\n".join(run["log"][-20:]) + run["workers_err"]
-        by_name = {(s["method"], s["name"]): s for s in run["stats"]}
-        connects = by_name[("CONNECT", "connect")]
-        assert connects["num_requests"] == 68_000 and connects["num_failures"] == 0
-        assert by_name[("GET", "keep-alive /")]["num_requests"] >= 68_000
-        assert any("All users spawned" in line and "68000 total users" in line for line in run["log"])
-        assert run["server_held_at_once"] > 64512, run["server_held_at_once"]
-    finally:
-        multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
-        server.terminate()
-        server.wait(timeout=20)
+    with nginx_on_the_lan(lab, tmp_path):
+        multiip("run", "--prefix", prefix, "--count", "4", "--yes", netns=lab.host_ns)
+        try:
+            run = run_locust(lab, prefix, users=68_000, rate=4000, seconds=35, logs=tmp_path)
+            said = "\n".join(run["log"][-20:]) + run["workers_err"]
+            assert run["master_exit"] == 0 and run["workers_exit"] == 0, said
+            by_name = {(s["method"], s["name"]): s for s in run["stats"]}
+            connects = by_name[("CONNECT", "connect")]
+            assert connects["num_requests"] == 68_000 and connects["num_failures"] == 0
+            assert by_name[("GET", "keep-alive /")]["num_requests"] >= 68_000
+            assert any("All users spawned" in line and "68000 total users" in line for line in run["log"])
+            assert run["server_held_at_once"] > 64512, run["server_held_at_once"]
+        finally:
+            multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
