@@ -97,7 +97,9 @@ find_uplink() {  # sets UPLINK if empty; dies without one
   link_exists "$UPLINK" || die "uplink $UPLINK does not exist"
 }
 
+SYSFS=${MULTIIP_SYSFS:-/sys}  # tests point this elsewhere
 DMI=${MULTIIP_DMI_DIR:-/sys/class/dmi/id}  # the firmware's DMI strings (tests point this elsewhere)
+is_wifi() { [[ -e $SYSFS/class/net/$1/wireless || -e $SYSFS/class/net/$1/phy80211 ]]; }  # $1 interface
 find_cloud() {  # sets CLOUD to the provider whose network drops unassigned MACs, or ""
   local vendor="" product="" bios="" asset=""
   read -r vendor 2>/dev/null <"$DMI/sys_vendor" || true
@@ -446,8 +448,7 @@ if [[ $UPLINK == "$BRIDGE" ]]; then  # another setup already moved the uplink in
   link_exists "$UPLINK" || die "uplink $UPLINK does not exist"
 fi
 ip -o link show dev "$UPLINK" | grep -q ' link/ether ' || die "uplink $UPLINK is not an Ethernet device"
-SYSFS=${MULTIIP_SYSFS:-/sys}  # tests point this elsewhere
-if [[ -e $SYSFS/class/net/$UPLINK/wireless || -e $SYSFS/class/net/$UPLINK/phy80211 ]]; then
+if is_wifi "$UPLINK"; then
   die "uplink $UPLINK is a Wi-Fi station, which cannot be a bridge port (an access point takes one MAC per station): use --mode ipvlan or alias; nothing was changed"
 fi
 find_cloud
