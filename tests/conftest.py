@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import multiip, sh
+from helpers import multiip, running_lab, sh
 
 from multiip import lab as labmod
 
@@ -74,12 +74,8 @@ def unique(stem: str) -> str:
 @pytest.fixture(scope="session")
 def lab() -> Iterator[labmod.Lab]:
     """One lab for the session, with a name of its own; removed at the end whatever happened."""
-    the_lab = labmod.make_lab(name=unique("mt"), leases=2000, capacity=150_000)
-    multiip("lab", "up", "--name", the_lab.name, "--leases", "2000")
-    try:
+    with running_lab(check_down=False, name=unique("mt"), leases=2000, capacity=150_000) as the_lab:
         yield the_lab
-    finally:
-        multiip("lab", "down", "--name", the_lab.name, check=False)
 
 
 @pytest.fixture

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from multiip import lab as labmod
 
 
 def sh(*argv: str, check: bool = True, netns: str | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -168,3 +172,17 @@ def ipvlan_works(netns: str) -> bool:
         "ip netns del mipvprobe; exit $r"
     )
     return sh("sh", "-c", probe, netns=netns, check=False).returncode == 0
+
+
+@contextlib.contextmanager
+def running_lab(check_down: bool = True, **settings: Any) -> Iterator[labmod.Lab]:
+    """A lab made with these lab.make_lab settings, up for the block and taken down after it whatever
+    happened; the same settings become `lab up`'s options, so the two cannot differ."""
+    the_lab = labmod.make_lab(**settings)
+    try:
+        multiip("lab", "up", *(f"--{key}={value}" for key, value in settings.items()))
+        yield the_lab
+    except BaseException:
+        multiip("lab", "down", "--name", the_lab.name, check=False)  # the error in flight is the one to see
+        raise
+    multiip("lab", "down", "--name", the_lab.name, check=check_down)

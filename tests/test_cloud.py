@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import unique
-from helpers import host_state, ip_json, ipvlan_works, multiip, sh, uplink_state
+from helpers import host_state, ip_json, ipvlan_works, multiip, running_lab, sh, uplink_state
 
 from multiip import lab as labmod
 
@@ -20,12 +20,8 @@ pytestmark = pytest.mark.root
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[labmod.Lab]:
     """A cloud-like lab with two addresses assigned to its host."""
-    the_lab = labmod.make_lab(name=unique("mc"), cloud=2)
-    multiip("lab", "up", "--name", the_lab.name, "--cloud", "2")
-    try:
+    with running_lab(check_down=False, name=unique("mc"), cloud=2) as the_lab:
         yield the_lab
-    finally:
-        multiip("lab", "down", "--name", the_lab.name, check=False)
 
 
 @pytest.fixture

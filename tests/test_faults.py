@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import fake_sysctls, host_state, leftovers, multiip, ours, sh
+from helpers import fake_sysctls, host_state, leftovers, multiip, ours, running_lab, sh
 
 from multiip import lab as labmod
 
@@ -31,9 +31,7 @@ def multiip_bg(*args: str, netns: str) -> subprocess.Popen[str]:
 def test_one_setup_or_teardown_at_a_time(prefix: str) -> None:
     """While one setup waits for leases that do not come, a second is refused naming the first; with
     --wait it queues and runs after."""
-    small = labmod.make_lab(name=prefix + "l", leases=2, capacity=100)
-    multiip("lab", "up", "--name", small.name, "--leases", "2", "--capacity", "100")
-    try:
+    with running_lab(name=prefix + "l", leases=2, capacity=100) as small:
         before = host_state(small.host_ns, prefix)
         first = multiip_bg("run", "--prefix", prefix, "--count", "3", "--lease-timeout", "6", "--yes",
                            netns=small.host_ns)  # fmt: skip
@@ -53,8 +51,6 @@ def test_one_setup_or_teardown_at_a_time(prefix: str) -> None:
         multiip("down", "--prefix", other, "--yes", netns=small.host_ns)
         multiip("down", "--prefix", prefix, "--yes", netns=small.host_ns)
         assert host_state(small.host_ns, prefix) == before
-    finally:
-        multiip("lab", "down", "--name", small.name)
 
 
 def test_a_move_killed_half_way_is_finished_by_a_rerun(lab: labmod.Lab, prefix: str) -> None:

@@ -3,6 +3,7 @@ route and rule it carries, stable DHCP identities, uplinks that cannot be bridge
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import unique
-from helpers import host_state, ip_json, multiip, ours, processes, reaches, sh, uplink_state
+from helpers import host_state, ip_json, multiip, ours, processes, reaches, running_lab, sh, uplink_state
 
 from multiip import lab as labmod
 
@@ -35,15 +36,11 @@ def managers() -> list[str]:
 @pytest.fixture(scope="module")
 def managed() -> Iterator[dict[str, labmod.Lab]]:
     """One lab per manager of the lab host's eth0, up at once (their leases run out together)."""
-    labs = {m: labmod.make_lab(name=unique("mh"), leases=64, capacity=2000, manager=m) for m in managers()}
-    try:
-        for the_lab in labs.values():
-            multiip("lab", "up", "--name", the_lab.name, "--leases", "64", "--capacity", "2000",
-                    "--manager", the_lab.manager)  # fmt: skip
-        yield labs
-    finally:
-        for the_lab in labs.values():
-            multiip("lab", "down", "--name", the_lab.name, check=False)
+    with contextlib.ExitStack() as up:
+        yield {
+            m: up.enter_context(running_lab(check_down=False, name=unique("mh"), leases=64, capacity=2000, manager=m))
+            for m in managers()
+        }
 
 
 def host_acks(the_lab: labmod.Lab) -> int:
@@ -112,9 +109,7 @@ def check_managed(
 def test_a_small_pool_gives_the_same_leases_after_a_crash(prefix: str) -> None:
     """30 addresses; 20 namespaces killed without a release, then set up again: 20 of 20 leases, the same ones
     (each namespace's MAC, so its DHCP identity, is derived from the uplink's MAC, the prefix and its index)."""
-    small = labmod.make_lab(name=prefix + "p", leases=30, capacity=100)
-    multiip("lab", "up", "--name", small.name, "--leases", "30", "--capacity", "100")
-    try:
+    with running_lab(name=prefix + "p", leases=30, capacity=100) as small:
         args = ["run", "--prefix", prefix, "--count", "20", "--lease-timeout", "20", "--yes"]
         multiip(*args, netns=small.host_ns)
         first = json.loads(multiip("status", "--prefix", prefix, "--json").stdout)["namespaces"]
@@ -135,8 +130,6 @@ def test_a_small_pool_gives_the_same_leases_after_a_crash(prefix: str) -> None:
         assert "releasing 5 leases whose clients are gone" in cp.stderr
         assert log.read_text().count("DHCPRELEASE(lan0)") - released == 20
         assert (small.state_dir / "dnsmasq.leases").read_text() == ""
-    finally:
-        multiip("lab", "down", "--name", small.name)
 
 
 def test_a_wifi_uplink_is_refused_before_anything_changes(lab: labmod.Lab, prefix: str, tmp_path: Path) -> None:
@@ -213,13 +206,9 @@ def test_systemd_networkd_is_told_with_a_runtime_network_file(lab: labmod.Lab, p
 def test_a_dhcpcd_that_hides_its_command_line_is_refused_with_what_to_do(prefix: str) -> None:
     """Debian's dhcpcd rewrites its command line ("dhcpcd: eth0 [ip4]"): it could not be started again as
     it ran, so there is no safe handover; refused before anything changes."""
-    the_lab = labmod.make_lab(name=prefix + "d", leases=64, capacity=100, manager="dhcpcd")
-    multiip("lab", "up", "--name", the_lab.name, "--leases", "64", "--capacity", "100", "--manager", "dhcpcd")
-    try:
+    with running_lab(name=prefix + "d", leases=64, capacity=100, manager="dhcpcd") as the_lab:
         before = host_state(the_lab.host_ns, prefix)
         cp = multiip("run", "--prefix", prefix, "--count", "2", "--yes", netns=the_lab.host_ns, check=False)
         last = cp.stderr.strip().splitlines()[-1]
         assert cp.returncode != 0 and "dhcpcd (pid " in last and "manages eth0 and hides the command line" in last
         assert host_state(the_lab.host_ns, prefix) == before and not ours(prefix)
-    finally:
-        multiip("lab", "down", "--name", the_lab.name)

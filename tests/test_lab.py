@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import HOST_LIMITS, fake_sysctls, host_state, ip_json, leftovers, multiip, ours, sh
+from helpers import HOST_LIMITS, fake_sysctls, host_state, ip_json, leftovers, multiip, ours, running_lab, sh
 
 from multiip import lab as labmod
 
@@ -262,9 +262,7 @@ def test_down_works_without_the_state_directory(lab: labmod.Lab, prefix: str) ->
 
 def test_namespaces_without_a_lease_are_named(prefix: str) -> None:
     """A DHCP server with 2 leases and 3 namespaces: run fails, names the one without, and down cleans up."""
-    small = labmod.make_lab(name=prefix + "s", leases=2, capacity=100)
-    multiip("lab", "up", "--name", small.name, "--leases", "2", "--capacity", "100")
-    try:
+    with running_lab(name=prefix + "s", leases=2, capacity=100) as small:
         before = host_state(small.host_ns, prefix)
         cp = multiip(
             "run", "--prefix", prefix, "--count", "3", "--lease-timeout", "4", "--yes", netns=small.host_ns, check=False
@@ -276,8 +274,6 @@ def test_namespaces_without_a_lease_are_named(prefix: str) -> None:
         )
         multiip("down", "--prefix", prefix, "--yes", netns=small.host_ns)
         assert_clean(small, prefix, before)
-    finally:
-        multiip("lab", "down", "--name", small.name)
 
 
 def test_a_missing_uplink_changes_nothing(lab: labmod.Lab, prefix: str) -> None:
