@@ -23,7 +23,7 @@ from typing import Any
 from common import lab_up, save, show
 from test_exec import established, nginx_on_the_lan, run_locust  # tests/: the same server and client
 
-from multiip import execute, render
+from multiip import execute, lab, render
 from multiip.plan import make_plan
 
 NAMESPACES, PER_NAMESPACE, SECONDS = 4, 17_000, 15
@@ -38,7 +38,7 @@ def main() -> dict[str, Any]:
         nginx_on_the_lan(the_lab, Path(tmp)),  # the same server as the tests'
     ):
         plan = make_plan(prefix=f"c{tag}", count=NAMESPACES)
-        execute.run_script(render.setup_script(plan), show, netns=the_lab.host_ns)
+        execute.run_script(render.setup_script(plan), show, within=lab.enter(the_lab, []))
         try:
             target = NAMESPACES * PER_NAMESPACE
             t0 = time.monotonic()
@@ -60,7 +60,7 @@ def main() -> dict[str, Any]:
             time.sleep(5)  # wrk's connections closed: the server starts from none
             locust = run_locust(the_lab, plan.target.prefix, LOCUST_USERS, 4000, LOCUST_SECONDS, Path(tmp))
         finally:
-            execute.run_script(render.teardown_script(plan.target), show, netns=the_lab.host_ns)
+            execute.run_script(render.teardown_script(plan.target), show, within=lab.enter(the_lab, []))
     stats = {(x["method"], x["name"]): x for x in locust["stats"]}
     gets, connects = stats[("GET", "keep-alive /")], stats[("CONNECT", "connect")]
     seconds = gets["last_request_timestamp"] - gets["start_time"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from common import lab_up, meminfo, memory_of, save, show, sysctls
 
-from multiip import execute, hold, render, ui
+from multiip import execute, hold, lab, render, ui
 from multiip.plan import make_plan
 
 COUNT = 16
@@ -25,7 +25,7 @@ def main() -> dict[str, Any]:
     limits = {"fs.file-max": 4 * most, "net.netfilter.nf_conntrack_max": 2 * most}
     with sysctls(limits) as raised, lab_up(f"bm{tag}", leases=64, capacity=most + 50_000) as the_lab:
         plan = make_plan(prefix=f"b{tag}", count=SINK_COUNT)
-        execute.run_script(render.setup_script(plan), show, netns=the_lab.host_ns)
+        execute.run_script(render.setup_script(plan), show, within=lab.enter(the_lab, []))
         try:
             server = hold.Server(the_lab.lan_ip, the_lab.port)
             every = hold.plan_shares(plan.target, PER_IP)
@@ -53,7 +53,7 @@ def main() -> dict[str, Any]:
             with ui.HoldProgress(PER_IP) as progress:
                 plain = hold.hold(one, server, 0.0, 0.0, progress, bind=False)
         finally:
-            execute.run_script(render.teardown_script(plan.target), show, netns=the_lab.host_ns)
+            execute.run_script(render.teardown_script(plan.target), show, within=lab.enter(the_lab, []))
     result = {
         "namespaces": COUNT,
         "target": total,

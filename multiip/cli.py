@@ -6,12 +6,10 @@ imports what it needs when it runs, so `multiip render` loads no load generator,
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
@@ -32,33 +30,6 @@ lab_app = typer.Typer(
     "whose uplink is eth0. Run multiip as that host with: multiip lab exec -- multiip run ...",
 )
 app.add_typer(lab_app, name="lab")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def with_options(*specs: options.Spec) -> Callable[[F], F]:
-    """Give a command the options ``specs`` define (options.py), after its own: one definition each."""
-
-    def add(fn: F) -> F:
-        sig = inspect.signature(fn, eval_str=True)
-        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        extra = []
-        for spec in specs:
-            decls = [spec.flag, spec.short] if spec.short else [spec.flag]
-            kind: Any = spec.kind if spec.default is not None else spec.kind | None
-            info = typer.Option(*decls, help=spec.help, metavar=spec.metavar)
-            extra.append(
-                inspect.Parameter(
-                    spec.name, inspect.Parameter.KEYWORD_ONLY, default=spec.default, annotation=Annotated[kind, info]
-                )
-            )
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra
-        fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        fn.__annotations__ = {p.name: p.annotation for p in params}
-        return fn
-
-    return add
-
 
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing the host's network.")]
 DryRun = Annotated[bool, typer.Option(help="Print the script that would run, change nothing.")]
@@ -115,9 +86,27 @@ def _uplink_words(uplink: str) -> str:
     return uplink or "the default route's interface"
 
 
+D = options.DEFAULT  # every option's default, stated once (options.Setup)
+
+
 @app.command("render")
-@with_options(*options.SETUP)
 def render_cmd(
+    count: options.Count = D.count,
+    mode: options.ModeOption = D.mode,
+    prefix: options.Prefix = D.prefix,
+    bridge: options.Bridge = D.bridge,
+    uplink: options.Uplink = D.uplink,
+    dhcp: options.DhcpOption = D.dhcp,
+    address: options.Address = None,
+    addresses: options.Addresses = None,
+    gateway: options.Gateway = None,
+    port_range: options.PortRange = None,
+    off_subnet: options.OffSubnet = D.off_subnet,
+    bridge_tool: options.BridgeToolOption = D.bridge_tool,
+    host_dhcp: options.HostDhcp = D.host_dhcp,
+    lease_timeout: options.LeaseTimeout = D.lease_timeout,
+    tune_host: options.TuneHost = D.tune_host,
+    confirm: options.Confirm = D.confirm,
     teardown: Annotated[bool, typer.Option(help="Print the script that undoes the setup.")] = False,
     systemd: Annotated[
         str | None,
@@ -126,7 +115,6 @@ def render_cmd(
             help="Write a systemd service (made at boot, undone on stop) and the two scripts it runs into DIR.",
         ),
     ] = None,
-    **opts: Any,
 ) -> None:
     """Print a standalone bash script of the setup (or, with --teardown, of its undoing).
 
@@ -135,16 +123,23 @@ def render_cmd(
     from pathlib import Path
 
     from multiip import render
-    from multiip.plan import make_plan, make_target
+    from multiip.plan import make_target, plan_of
 
     if teardown:
-        sys.stdout.write(render.teardown_script(make_target(opts["prefix"], opts["bridge"], opts["uplink"])))
+        sys.stdout.write(render.teardown_script(make_target(prefix, bridge, uplink)))
         return
-    plan = make_plan(**opts)
+    plan = plan_of(
+        options.setup(
+            count=count, mode=mode, prefix=prefix, bridge=bridge, uplink=uplink, dhcp=dhcp, address=address,
+            addresses=addresses, gateway=gateway, port_range=port_range, off_subnet=off_subnet,
+            bridge_tool=bridge_tool, host_dhcp=host_dhcp, lease_timeout=lease_timeout, tune_host=tune_host,
+            confirm=confirm,
+        )
+    )  # fmt: skip
     if systemd is None:
         sys.stdout.write(render.setup_script(plan))
         return
-    if plan.confirm:
+    if plan.o.confirm:
         raise MultiipError(
             "--confirm asks on a terminal, which a service at boot does not have: drop it with --systemd"
         )
@@ -156,40 +151,72 @@ def render_cmd(
 
 
 @app.command()
-@with_options(*options.SETUP)
-def run(yes: Yes = False, dry_run: DryRun = False, wait: Wait = 0, **opts: Any) -> None:
+def run(
+    count: options.Count = D.count,
+    mode: options.ModeOption = D.mode,
+    prefix: options.Prefix = D.prefix,
+    bridge: options.Bridge = D.bridge,
+    uplink: options.Uplink = D.uplink,
+    dhcp: options.DhcpOption = D.dhcp,
+    address: options.Address = None,
+    addresses: options.Addresses = None,
+    gateway: options.Gateway = None,
+    port_range: options.PortRange = None,
+    off_subnet: options.OffSubnet = D.off_subnet,
+    bridge_tool: options.BridgeToolOption = D.bridge_tool,
+    host_dhcp: options.HostDhcp = D.host_dhcp,
+    lease_timeout: options.LeaseTimeout = D.lease_timeout,
+    tune_host: options.TuneHost = D.tune_host,
+    confirm: options.Confirm = D.confirm,
+    yes: Yes = False,
+    dry_run: DryRun = False,
+    wait: Wait = 0,
+) -> None:
     """Set up the namespaces here: runs exactly the script `multiip render` prints.
 
     Example: sudo multiip run --count 20 --confirm 30
     """
     from multiip import render
-    from multiip.plan import make_plan
+    from multiip.plan import plan_of
 
-    plan = make_plan(**opts)
+    plan = plan_of(
+        options.setup(
+            count=count, mode=mode, prefix=prefix, bridge=bridge, uplink=uplink, dhcp=dhcp, address=address,
+            addresses=addresses, gateway=gateway, port_range=port_range, off_subnet=off_subnet,
+            bridge_tool=bridge_tool, host_dhcp=host_dhcp, lease_timeout=lease_timeout, tune_host=tune_host,
+            confirm=confirm,
+        )
+    )  # fmt: skip
     script = render.setup_script(plan)
     if dry_run:
         sys.stdout.write(script)
         return
     _need_root("run")
-    t = plan.target
-    if plan.mode == "bridge":  # the other modes leave the uplink as it is: nothing drops
+    o, t = plan.o, plan.target
+    if o.mode == options.Mode.bridge:  # the other modes leave the uplink as it is: nothing drops
         _confirm(
             f"This moves {_uplink_words(t.uplink)} into bridge {t.bridge}; the host's network drops for a moment "
             "(its addresses and routes move to the bridge). Continue?",
             yes,
         )
-    where = f"on {t.bridge}" if plan.mode == "bridge" else f"with a {plan.mode} each"
+    where = f"on {t.bridge}" if o.mode == options.Mode.bridge else f"with a {o.mode} each"
     title = (
-        f"multiip: {plan.count} addresses on {_uplink_words(t.uplink)}"
-        if plan.mode == "alias"
-        else f"multiip: {plan.count} namespaces {t.prefix}0..{t.prefix}{plan.count - 1} {where}"
+        f"multiip: {o.count} addresses on {_uplink_words(t.uplink)}"
+        if o.mode == options.Mode.alias
+        else f"multiip: {o.count} namespaces {t.prefix}0..{t.prefix}{o.count - 1} {where}"
     )
     _run(script, title, UNDO, wait)
 
 
 @app.command()
-@with_options(*options.TARGET)
-def down(yes: Yes = False, dry_run: DryRun = False, wait: Wait = 0, **opts: Any) -> None:
+def down(
+    prefix: options.Prefix = D.prefix,
+    bridge: options.Bridge = D.bridge,
+    uplink: options.Uplink = D.uplink,
+    yes: Yes = False,
+    dry_run: DryRun = False,
+    wait: Wait = 0,
+) -> None:
     """Undo a setup: release leases, stop clients, remove namespaces and bridge, restore the uplink.
 
     Example: sudo multiip down --prefix ns
@@ -197,7 +224,7 @@ def down(yes: Yes = False, dry_run: DryRun = False, wait: Wait = 0, **opts: Any)
     from multiip import render, state
     from multiip.plan import make_target
 
-    target = make_target(opts["prefix"], opts["bridge"], opts["uplink"])
+    target = make_target(prefix, bridge, uplink)
     script = render.teardown_script(target)
     if dry_run:
         sys.stdout.write(script)
@@ -221,43 +248,56 @@ def down(yes: Yes = False, dry_run: DryRun = False, wait: Wait = 0, **opts: Any)
 
 
 @app.command()
-@with_options(options.PREFIX)
-def status(json_out: Json = False, **opts: Any) -> None:
+def status(prefix: options.Prefix = D.prefix, json_out: Json = False) -> None:
     """Show each namespace: interface, MAC, IPv4, gateway, DHCP client, lease expiry, port range.
 
-    Example: multiip status --json | jq '.namespaces[].ipv4'
+    Example: sudo multiip status --json | jq '.namespaces[].ipv4'
     """
     from multiip import state, ui
     from multiip.plan import make_target
 
-    data = state.status(make_target(opts["prefix"]))
+    data = state.status(make_target(prefix))
     if json_out:
         print(json.dumps(data, indent=2))
     elif data["namespaces"]:
         ui.status_table(data)
     if not data["namespaces"]:
-        ui.console.print(f"multiip: no setup with prefix {opts['prefix']} on this host", markup=False)
+        ui.console.print(f"multiip: no setup with prefix {prefix} on this host", markup=False)
 
 
 @app.command()
-@with_options(options.UPLINK)
 def doctor(
+    uplink: options.Uplink = D.uplink,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            help="Also probe the network from a new, random MAC (ARP, DHCP). On a switch port with port security "
+            "that can shut the port down: without --probe doctor asks first on a terminal, and skips it otherwise."
+        ),
+    ] = False,
     wait: Annotated[int, typer.Option("--timeout", metavar="SECONDS", help="How long to wait for each answer.")] = 3,
     dry_run: DryRun = False,
     json_out: Json = False,
-    **opts: Any,
 ) -> None:
     """Which modes can work on this host and its network: Wi-Fi, a cloud (DMI), what the kernel makes, and
-    whether the network answers a new MAC (ARP, DHCP) from a throwaway namespace. Changes nothing here.
+    (with --probe) whether the network answers a new MAC (ARP, DHCP) from a throwaway namespace. Changes
+    nothing of the host.
 
-    Example: sudo multiip doctor --json | jq -r .suggest
+    Example: sudo multiip doctor --probe --json | jq -r .suggest
     """
     from multiip import execute, messages, render, ui
 
     if not 1 <= wait <= 60:
         raise MultiipError(f"--timeout {wait}: give 1..60 seconds")
-    uplink = options.name(opts["uplink"], "--uplink") if opts["uplink"] else ""
-    script = render.doctor_script(uplink, wait)
+    uplink = options.name(uplink, "--uplink") if uplink else ""
+    if not probe and not dry_run and sys.stdin.isatty() and os.geteuid() == 0:
+        probe = typer.confirm(
+            "Probe the network from a new, random MAC (one ARP probe, one DHCP request, released at once)? On a "
+            "switch port with port security this can shut the port down",
+            default=False,
+            err=True,
+        )
+    script = render.doctor_script(uplink, wait, probe)
     if dry_run:
         sys.stdout.write(script)
         return
@@ -280,9 +320,9 @@ def doctor(
 
 
 @app.command("hold")
-@with_options(options.PREFIX)
 def hold_cmd(
     server: Annotated[str, typer.Argument(metavar="HOST:PORT", help="The server to connect to (IPv4:port).")],
+    prefix: options.Prefix = D.prefix,
     per_ip: Annotated[
         int | None, typer.Option(help="Connections per namespace. Default: its whole port range.")
     ] = None,
@@ -291,7 +331,6 @@ def hold_cmd(
     ] = None,
     rate: Annotated[float, typer.Option(help="At most this many new connections per second (0: no cap).")] = 0.0,
     json_out: Json = False,
-    **opts: Any,
 ) -> None:
     """Open and hold connections to HOST:PORT from every namespace, each bound to its own IP and ports.
 
@@ -300,7 +339,7 @@ def hold_cmd(
     from multiip import hold, ui
     from multiip.plan import make_target
 
-    target = make_target(opts["prefix"])
+    target = make_target(prefix)
     where = hold.parse_server(server)
     options.hold_limits(per_ip, duration, rate)
     shares = hold.plan_shares(target, per_ip)
@@ -316,22 +355,21 @@ def hold_cmd(
 
 
 @app.command()
-@with_options(options.PREFIX)
 def addrs(
+    prefix: options.Prefix = D.prefix,
     fmt: Annotated[
         options.AddressFormat,
         typer.Option("--format", help="plain: one per line; json; k6: comma-separated (--local-ips); args: tcpkali's."),
     ] = options.AddressFormat.plain,
-    **opts: Any,
 ) -> None:
     """Print the setup's source addresses, for load tools that bind them themselves.
 
-    Example: k6 run --local-ips "$(multiip addrs --format k6)" script.js
+    Example: k6 run --local-ips "$(sudo multiip addrs --format k6)" script.js
     """
     from multiip import state
     from multiip.plan import make_target
 
-    rows = state.addressed(make_target(opts["prefix"]))
+    rows = state.addressed(make_target(prefix))
     ips = [(r.ipv4 or "").split("/")[0] for r in rows]
     if fmt is options.AddressFormat.json:
         print(json.dumps([{"namespace": r.name, "ip": ip} for r, ip in zip(rows, ips, strict=True)], indent=2))
@@ -344,10 +382,14 @@ def addrs(
 
 
 @app.command("exec", context_settings={"allow_interspersed_args": False})
-@with_options(options.PREFIX)
 def exec_cmd(
     command: Annotated[
-        list[str] | None, typer.Argument(metavar="[NS] -- CMD...", help="A namespace of the setup, then the command.")
+        list[str] | None,
+        typer.Argument(metavar="[NS] -- CMD...", help="A namespace (of the setup that recorded it), then the command."),
+    ] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option(help="The setup (with --all). Default: ns, or with NS the setup that recorded NS."),
     ] = None,
     every: Annotated[bool, typer.Option("--all", help="Run CMD in every namespace of the setup.")] = False,
     parallel: Annotated[int, typer.Option(help="At most this many runs at a time.")] = 64,
@@ -355,7 +397,6 @@ def exec_cmd(
         str | None, typer.Option(metavar="DIR", help="Write each namespace's output to DIR/NS.log instead.")
     ] = None,
     json_out: Json = False,
-    **opts: Any,
 ) -> None:
     """Run a command in one namespace or in all of them, in parallel, with {ns}, {ip} and {index} replaced
     in its arguments (and MULTIIP_NS, MULTIIP_IP, MULTIIP_INDEX in its environment).
@@ -382,18 +423,21 @@ def exec_cmd(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     _need_root("exec")
-    rows = state.addressed(make_target(opts["prefix"]))
+    if prefix is None:
+        prefix = state.owner(chosen) if chosen is not None else D.prefix
+    target = make_target(prefix)
+    rows = state.addressed(target)
     if rows[0].host:
         raise MultiipError(
-            f"exec: setup {opts['prefix']} is --mode alias: its addresses are on the host, with no namespaces; run "
-            f"the tool on the host with them: multiip addrs --prefix {opts['prefix']} --format k6|args|json"
+            f"exec: setup {prefix} is --mode alias: its addresses are on the host, with no namespaces; run "
+            f"the tool on the host with them: multiip addrs --prefix {prefix} --format k6|args|json"
         )
     targets = [fanout.Target(r.name, (r.ipv4 or "").split("/")[0], i) for i, r in enumerate(rows)]
     if chosen is not None:
         targets = [t for t in targets if t.namespace == chosen]
         if not targets:
             names = ", ".join(r.name for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-            raise MultiipError(f"exec: {chosen} is not a namespace of setup {opts['prefix']} ({names})")
+            raise MultiipError(f"exec: {chosen} is not a namespace of setup {prefix} ({names})")
     width = max(len(t.namespace) for t in targets)
 
     def show(namespace: str, line: str) -> None:
@@ -440,7 +484,8 @@ def lab_up(
     manager: Annotated[
         str,
         typer.Option(
-            help="What gives the lab host's eth0 its address: static, dhclient, udhcpc, dhcpcd or NetworkManager."
+            help="What gives the lab host's eth0 its address: static, dhclient, udhcpc, dhcpcd, NetworkManager or "
+            "systemd-networkd."
         ),
     ] = "static",
     cloud: Annotated[
@@ -451,14 +496,29 @@ def lab_up(
             "not assigned to it; N addresses are assigned (listed in the lab's state directory, file assigned).",
         ),
     ] = 0,
+    mtu: Annotated[int, typer.Option(help="The MTU of the wire between the host and the LAN.")] = 1500,
+    server: Annotated[
+        bool,
+        typer.Option(
+            help="The host's eth0 carries what real servers' uplinks do: an ECMP default route over two routers, a "
+            "labelled secondary address, a route over a nexthop object, an IPv6 address and route with lifetimes."
+        ),
+    ] = False,
+    critical: Annotated[
+        bool, typer.Option(help="With systemd-networkd: KeepConfiguration=yes (netplan's critical: true).")
+    ] = False,
+    client_id: Annotated[
+        str, typer.Option(help="With NetworkManager: its ipv4.dhcp-client-id (mac or duid). Default: its own.")
+    ] = "",
 ) -> None:
-    """Bring up the lab: LAN namespace (dnsmasq, TCP sink) and host namespace (uplink eth0).
+    """Bring up the lab: LAN namespace (dnsmasq, TCP sink, routers) and host namespace (uplink eth0), the host
+    with a mount namespace of its own for its network manager.
 
-    Example: sudo multiip lab up --name mlab --manager dhclient
+    Example: sudo multiip lab up --name mlab --manager systemd-networkd --server
     """
     from multiip import lab
 
-    the_lab = lab.make_lab(name, port, leases, capacity, manager, cloud)
+    the_lab = lab.make_lab(name, port, leases, capacity, manager, cloud, mtu, server, critical, client_id)
     _need_root("lab up")
     _run(lab.up_script(the_lab), f"multiip: lab {name} up", f"`multiip lab down --name {name}` removes it")
 
@@ -481,7 +541,8 @@ def lab_exec(
     command: Annotated[list[str], typer.Argument(help="Command to run with the lab host's network.")],
     name: LabName = "mlab",
 ) -> None:
-    """Run COMMAND as the lab host: in its network namespace only (nsenter --net).
+    """Run COMMAND as the lab host: in its network namespace and its mount namespace (where its manager's
+    D-Bus and /run are), nothing else of the machine's changed.
 
     Example: sudo multiip lab exec --name mlab -- multiip run --count 4 --yes
     """
@@ -489,7 +550,7 @@ def lab_exec(
 
     the_lab = lab.make_lab(name)
     lab.require_up(the_lab)
-    execute.replace_process(execute.in_netns(the_lab.host_ns, command))
+    execute.replace_process(lab.enter(the_lab, command))
 
 
 @lab_app.command("status")

@@ -27,7 +27,7 @@ def run(count: int, mode: str = "bridge") -> dict[str, Any]:
         with ui.ScriptProgress(
             f"multiip run --mode {mode} --count {count} --prefix {target.prefix}, as the lab host"
         ) as show:
-            execute.run_script(render.setup_script(plan), show, netns=the_lab.host_ns)
+            execute.run_script(render.setup_script(plan), show, within=lab.enter(the_lab, []))
         with execute.entered_netns(the_lab.host_ns):  # as the lab host (--mode alias: its uplink has the addresses)
             ui.status_table(state.status(target))
             server = hold.Server(the_lab.lan_ip, the_lab.port)
@@ -43,6 +43,6 @@ def run(count: int, mode: str = "bridge") -> dict[str, Any]:
     finally:
         with ui.ScriptProgress("multiip down, then the lab") as show:
             try:
-                execute.run_script(render.teardown_script(target), show, netns=the_lab.host_ns)
+                execute.run_script(render.teardown_script(target), show, within=lab.enter(the_lab, []))
             finally:
                 execute.run_script(lab.down_script(the_lab), show)

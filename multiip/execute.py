@@ -66,11 +66,12 @@ def run_script(
     script: str,
     show: Callable[[str], None],
     name: str = "multiip",
-    netns: str | None = None,
+    within: Sequence[str] = (),
     undo: str = "",
     env: dict[str, str] | None = None,
 ) -> None:
-    """Run a rendered bash script (in a named network namespace if given); its output lines go to ``show``.
+    """Run a rendered bash script (through ``within`` if given: e.g. lab.enter, as the lab host); its output
+    lines go to ``show``.
 
     On Ctrl-C the script is told too (it may not share our terminal) and waited for: it rolls back what
     it was doing before it exits. The error then says where it stopped, and ``undo`` says what removes the rest.
@@ -80,7 +81,7 @@ def run_script(
     try:
         with os.fdopen(fd, "w") as f:
             f.write(script)
-        argv = in_netns(netns, ["bash", path]) if netns else ["bash", path]
+        argv = [*within, "bash", path]
         proc = sh.Command(which(argv[0]) or argv[0])(
             *argv[1:],
             _err=log,

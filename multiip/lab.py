@@ -1,10 +1,16 @@
 """The lab: a stand-in for "a host on a LAN", made of network namespaces only.
 
-``<name>-lan`` holds a DHCP server (dnsmasq) and a TCP sink on 198.18.0.1; ``<name>-host`` is the
-"host", whose uplink is called eth0 and has a static address and a default route. With ``cloud`` the
-LAN behaves like a cloud's: it drops every frame whose source MAC is not the host's, and every IPv4
-packet from an address that was not assigned to it, and its DHCP server serves the host alone. A setup run as the
-lab host (``nsenter --net``) moves that eth0 into a bridge, never the machine's real one.
+``<name>-lan`` holds a DHCP server (dnsmasq), a TCP sink on 198.18.0.1 and the LAN's routers (198.18.0.1
+and .3) to a "far" network beyond it (198.19.0.0/16); ``<name>-host`` is the "host", whose uplink is
+called eth0 and gets its address from ``manager``. With ``cloud`` the LAN behaves like a cloud's: it
+drops every frame whose source MAC is not the host's, and every IPv4 packet from an address that was
+not assigned to it, and its DHCP server serves the host alone.
+
+The lab host has a mount namespace of its own too, held by one process (``holder.pid``): there /run is
+a tmpfs (with /run/netns, /run/multiip and /run/multiip-lab bound from the machine's) and /sys the lab
+host's own sysfs, read-only, so its NetworkManager or systemd-networkd and their D-Bus can never reach
+the machine's bus or write the machine's /run. Whatever runs as the lab host (``lab exec``, ``enter``)
+runs in both namespaces; a setup run so moves the lab's eth0 into a bridge, never the machine's.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +28,8 @@ from multiip.errors import MultiipError
 from multiip.limits import fd_limit
 
 LAB_ROOT = Path("/run/multiip-lab")
-NETWORK = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmarking range
+NETWORK = ipaddress.IPv4Network("198.18.0.0/16")  # the LAN (RFC 2544 benchmarking range: 198.18.0.0/15)
+FAR = ipaddress.IPv4Network("198.19.0.0/16")  # beyond the LAN: reached only through the default route
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,10 @@ class Lab:
     capacity: int = 150_000  # connections the sink can hold
     manager: str = "static"  # what gives the lab host's eth0 its address (MANAGERS)
     cloud: int = 0  # > 0: a cloud-like LAN, which takes frames from the host's MAC and this many assigned IPs only
+    mtu: int = 1500  # of the wire between the host and the LAN
+    server: bool = False  # eth0 carries what real servers' uplinks do (ECMP, nexthop objects, labels, IPv6 lifetimes)
+    critical: bool = False  # systemd-networkd: KeepConfiguration=yes (netplan's critical: true)
+    client_id: str = ""  # NetworkManager: ipv4.dhcp-client-id (e.g. duid); empty: its default (01 and the MAC)
 
     @property
     def lan_ns(self) -> str:
@@ -48,6 +60,16 @@ class Lab:
     @property
     def lan_ip(self) -> ipaddress.IPv4Address:
         return NETWORK[1]
+
+    @property
+    def second_router(self) -> ipaddress.IPv4Address:
+        """The LAN's other router (the server uplink's ECMP default route goes over both)."""
+        return NETWORK[3]
+
+    @property
+    def far_ip(self) -> ipaddress.IPv4Address:
+        """An address beyond the LAN, on the LAN namespace's loopback: reached through a router only."""
+        return FAR[1]
 
     @property
     def host_ip(self) -> ipaddress.IPv4Address:
@@ -92,13 +114,18 @@ class Lab:
         return self.state_dir / "assigned"
 
     @property
+    def holder_pid_file(self) -> Path:
+        return self.state_dir / "holder.pid"
+
+    @property
     def workers(self) -> int:
         """Sink processes: each holds at most half its open-file limit, so SO_REUSEPORT's uneven
         spread never fills one."""
         return max(2, math.ceil(self.capacity / max(1000, fd_limit() // 2)))
 
 
-MANAGERS = ("static", "dhclient", "udhcpc", "dhcpcd", "NetworkManager")
+MANAGERS = ("static", "dhclient", "udhcpc", "dhcpcd", "NetworkManager", "systemd-networkd")
+CLIENT_IDS = ("", "mac", "duid")  # NetworkManager's ipv4.dhcp-client-id values the lab takes
 
 
 MAX_ASSIGNED = 200  # below the DHCP pool (from NETWORK[256]); clouds assign a few dozen per NIC at most
@@ -111,10 +138,20 @@ def make_lab(
     capacity: int = 150_000,
     manager: str = "static",
     cloud: int = 0,
+    mtu: int = 1500,
+    server: bool = False,
+    critical: bool = False,
+    client_id: str = "",
 ) -> Lab:
     options.name(name, "--name", max_len=10)
     if manager not in MANAGERS:
         raise MultiipError(f"--manager {manager!r}: choose one of {', '.join(MANAGERS)}")
+    if critical and manager != "systemd-networkd":
+        raise MultiipError("--critical is systemd-networkd's KeepConfiguration=yes: give --manager systemd-networkd")
+    if client_id not in CLIENT_IDS or (client_id and manager != "NetworkManager"):
+        raise MultiipError(f"--client-id {client_id!r}: mac or duid, with --manager NetworkManager")
+    if not 1280 <= mtu <= 9000:
+        raise MultiipError(f"--mtu {mtu}: give 1280..9000")
     if not 1 <= port <= 65535:
         raise MultiipError(f"--port {port}: need 1..65535")
     if not 1 <= leases <= NETWORK.num_addresses - 512:
@@ -123,7 +160,10 @@ def make_lab(
         raise MultiipError(f"--capacity {capacity}: must be at least 1")
     if not 0 <= cloud <= MAX_ASSIGNED:
         raise MultiipError(f"--cloud {cloud}: give 1..{MAX_ASSIGNED} assigned addresses (0: an ordinary LAN)")
-    return Lab(name=name, port=port, leases=leases, capacity=capacity, manager=manager, cloud=cloud)
+    return Lab(
+        name=name, port=port, leases=leases, capacity=capacity, manager=manager, cloud=cloud, mtu=mtu, server=server,
+        critical=critical, client_id=client_id,
+    )  # fmt: skip
 
 
 def up_script(lab: Lab) -> str:
@@ -132,6 +172,18 @@ def up_script(lab: Lab) -> str:
 
 def down_script(lab: Lab) -> str:
     return render.render("lab_down.sh.j2", lab=lab)
+
+
+def enter(lab: Lab, argv: Sequence[str]) -> list[str]:
+    """argv run as the lab host: in its network namespace and, while it is up, its mount namespace."""
+    try:
+        pid = int(lab.holder_pid_file.read_text().split()[0])
+        inode = Path(f"/proc/{pid}/ns/net").stat().st_ino
+    except (OSError, ValueError, IndexError):
+        return execute.in_netns(lab.host_ns, argv)
+    if inode != Path("/run/netns", lab.host_ns).stat().st_ino:  # a reused pid: not the lab's holder
+        return execute.in_netns(lab.host_ns, argv)
+    return ["nsenter", f"--net=/run/netns/{lab.host_ns}", f"--mount=/proc/{pid}/ns/mnt", "--", *argv]
 
 
 def is_up(lab: Lab) -> bool:

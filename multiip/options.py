@@ -1,18 +1,26 @@
-"""Every option a user types: its one definition (name, default, help) and its validation.
+"""Every option a user types: its one definition (flag, default, help) and its validation.
 
-Each validating function returns a clean value or raises MultiipError naming the option, the bad
-value and the fix. Nothing reaches a template unless it passed through here: names are limited to
-letters, digits, ``-``, ``_`` and ``.``, so no value can carry shell syntax into a rendered script.
+``setup(**given)`` turns what was typed into a validated ``Setup`` or raises MultiipError naming the
+option, the bad value and the fix; plan.py derives names from a ``Setup`` and never validates. Nothing
+reaches a template unless it passed through here: names are limited to letters, digits, ``-``, ``_`` and
+``.``, so no value can carry shell syntax into a rendered script.
+
+The CLI's parameters are the ``Annotated`` aliases below (flag and help), with their defaults from
+``DEFAULT``: a command names each option it takes, and passes them to ``setup()`` by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
 
 from multiip.errors import MultiipError
 
@@ -20,6 +28,7 @@ IFNAMSIZ = 15  # longest Linux interface name (IFNAMSIZ - 1)
 BRIDGE_MAX_PORTS = 1023  # BR_MAX_PORTS - 1 in net/bridge/br_private.h
 MAX_COUNT = BRIDGE_MAX_PORTS - 1  # one port is the uplink's
 MAX_LINKED = 4096  # macvlan/ipvlan: no bridge; multiip's own bound (each namespace is a few processes at setup)
+NAMESPACE_PORTS = (1024, 65535)  # every port a namespace's address can use (1024: see port_range)
 
 
 class Dhcp(StrEnum):
@@ -49,111 +58,150 @@ class AddressFormat(StrEnum):
     args = "args"  # --source-ip A --source-ip B ..., for tcpkali
 
 
-@dataclass(frozen=True)
-class Spec:
-    """One option: ``--name-with-dashes``, its default and help. The CLI and Plan.args() read these."""
+Listed = ipaddress.IPv4Interface | ipaddress.IPv4Address  # an --addresses entry: with or without its /LEN
 
-    name: str
-    kind: type
-    default: Any
-    help: str
-    short: str = ""
-    metavar: str | None = None
+
+@dataclass(frozen=True)
+class Setup:
+    """A validated setup: each option's clean value, by the option's name (--port-range: port_range).
+    ``Setup()`` holds every default."""
+
+    prefix: str = "ns"
+    bridge: str = "br0"
+    uplink: str = ""  # empty: the interface of the default route, found where the script runs
+    count: int = 20
+    mode: Mode = Mode.bridge
+    dhcp: Dhcp = Dhcp.auto
+    address: ipaddress.IPv4Interface | None = None
+    addresses: tuple[Listed, ...] = ()
+    gateway: ipaddress.IPv4Address | None = None
+    port_range: tuple[int, int] | None = None  # None: 1024-65535 in namespaces; with --mode alias, the host's left
+    off_subnet: bool = False
+    bridge_tool: BridgeTool = BridgeTool.ip
+    host_dhcp: bool = False
+    lease_timeout: int = 30
+    tune_host: bool = False
+    confirm: int = 0  # seconds to confirm reachability after the uplink moved; 0: do not ask
 
     @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+    def static(self) -> bool:
+        return self.address is not None or bool(self.addresses)
+
+    def args(self) -> list[str]:
+        """The command-line options that give this setup (defaults left out), for a script's header."""
+        out: list[str] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            out += [flag] if value is True else [flag, text(value)]
+        return out
 
 
-PREFIX = Spec("prefix", str, "ns", "Namespaces are PREFIX0..PREFIX(N-1); ns gives the seed's names (tap$i, br-tap$i).")
-BRIDGE = Spec("bridge", str, "br0", "The bridge that takes the uplink.")
-UPLINK = Spec(
-    "uplink", str, "", "The host's uplink. Default: the interface of the default route, found where the script runs."
-)
-TARGET = (PREFIX, BRIDGE, UPLINK)
-SETUP = (
-    Spec("count", int, 20, "How many namespaces (source IPs).", short="-n"),
-    Spec(
-        "mode",
-        Mode,
-        Mode.bridge,
-        "bridge: the seed's (the uplink moves into a bridge); macvlan: one macvlan with its own MAC per namespace, "
-        "the uplink untouched; ipvlan: one ipvlan sharing the uplink's MAC (clouds, Wi-Fi); alias: no namespaces, "
-        "the addresses go on the uplink itself (for tools that bind source IPs: k6, Gatling, JMeter, tcpkali).",
-    ),
-    *TARGET,
-    Spec(
-        "dhcp",
-        Dhcp,
-        Dhcp.auto,
-        "The namespaces' DHCP client; auto picks an installed one where the script runs (udhcpc, then "
-        "dhclient, then dhcpcd); none: static addresses from --address.",
-    ),
-    Spec("address", str, None, "With --dhcp none: namespace i gets ADDRESS + i, e.g. 198.18.1.10/15."),
-    Spec(
-        "addresses",
-        str,
-        None,
-        "With --dhcp none: exactly these addresses, one per namespace (or on the uplink with --mode alias), e.g. "
-        "the secondary IPs a cloud assigned: A,B,C or @FILE (one per line). Without /LEN an address takes the "
-        "prefix length of the uplink's subnet that holds it. Sets --count.",
-        metavar="LIST|@FILE",
-    ),
-    Spec("gateway", str, None, "With --address: the namespaces' default route. Default: the uplink's gateway."),
-    Spec(
-        "port_range",
-        str,
-        None,
-        "ip_local_port_range set inside every namespace (default 1024-65535). With --mode alias it is the host's "
-        "own: changed only when given, and down restores it.",
-        metavar="LO-HI",
-    ),
-    Spec("bridge_tool", BridgeTool, BridgeTool.ip, "ip: iproute2 only; brctl: the seed's brctl commands."),
-    Spec(
-        "host_dhcp",
-        bool,
-        False,
-        "The seed's way for the host: the bridge asks DHCP for the host's address instead of taking over the "
-        "uplink's addresses and routes.",
-    ),
-    Spec("lease_timeout", int, 30, "Seconds to wait for every namespace's DHCP lease.", metavar="SECONDS"),
-    Spec(
-        "tune_host",
-        bool,
-        False,
-        "Raise the host-wide ARP table (gc_thresh1-3) and netdev_max_backlog limits that about 1000 namespaces "
-        "outgrow; down restores them. Without it such counts are refused with what to change.",
-    ),
-    Spec(
-        "confirm",
-        int,
-        0,
-        "After moving the uplink, ask on the terminal to confirm the host is still reachable; without an answer "
-        "within SECONDS the uplink goes back as it was (like netplan try). For setups over SSH.",
-        metavar="SECONDS",
-    ),
-)
-SETUP_DEFAULTS = {s.name: s.default for s in SETUP}
+DEFAULT = Setup()
 
 
 def text(value: Any) -> str:
     """An option's value as it is typed on the command line."""
     if isinstance(value, Enum):
         return str(value.value)
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return "-".join(str(v) for v in value)  # a port range
     if isinstance(value, tuple):
-        return "-".join(str(v) for v in value)
+        return ",".join(str(v) for v in value)  # an address list
     return str(value)
 
 
-def args(specs: tuple[Spec, ...], values: Mapping[str, Any]) -> list[str]:
-    """The command-line arguments that give these values; defaults are left out."""
-    out: list[str] = []
-    for spec in specs:
-        value = values[spec.name]
-        if value is None or text(value) == text(spec.default):
-            continue
-        out += [spec.flag] if spec.kind is bool else [spec.flag, text(value)]
-    return out
+# --- the options as the CLI takes them (each command lists the ones it has)
+
+Prefix = Annotated[
+    str,
+    typer.Option(help="Namespaces are PREFIX0..PREFIX(N-1); ns gives the seed's names (tap$i, br-tap$i)."),
+]
+Bridge = Annotated[str, typer.Option(help="The bridge that takes the uplink.")]
+Uplink = Annotated[
+    str,
+    typer.Option(help="The host's uplink. Default: the interface of the default route, found where the script runs."),
+]
+Count = Annotated[int, typer.Option("--count", "-n", help="How many namespaces (source IPs).")]
+ModeOption = Annotated[
+    Mode,
+    typer.Option(
+        "--mode",
+        help="bridge: the seed's (the uplink moves into a bridge); macvlan: one macvlan with its own MAC per "
+        "namespace, the uplink untouched; ipvlan: one ipvlan sharing the uplink's MAC (clouds, Wi-Fi); alias: no "
+        "namespaces, the addresses go on the uplink itself (for tools that bind source IPs: k6, Gatling, JMeter).",
+    ),
+]
+DhcpOption = Annotated[
+    Dhcp,
+    typer.Option(
+        "--dhcp",
+        help="The namespaces' DHCP client; auto picks an installed one where the script runs (udhcpc, then "
+        "dhclient, then dhcpcd); none: static addresses from --address.",
+    ),
+]
+Address = Annotated[
+    str | None, typer.Option(help="Static addresses: namespace i gets ADDRESS + i, e.g. 198.18.1.10/15.")
+]
+Addresses = Annotated[
+    str | None,
+    typer.Option(
+        metavar="LIST|@FILE",
+        help="Static addresses: exactly these, one per namespace (or on the uplink with --mode alias), e.g. the "
+        "secondary IPs a cloud assigned: A,B,C or @FILE (one per line). Without /LEN an address takes the prefix "
+        "length of the uplink's subnet that holds it. Sets --count.",
+    ),
+]
+Gateway = Annotated[
+    str | None, typer.Option(help="With static addresses: the namespaces' default route. Default: the uplink's.")
+]
+PortRange = Annotated[
+    str | None,
+    typer.Option(
+        metavar="LO-HI",
+        help="ip_local_port_range set inside every namespace (default 1024-65535). With --mode alias it is the "
+        "host's own: changed only when given, and down restores it.",
+    ),
+]
+OffSubnet = Annotated[
+    bool,
+    typer.Option(
+        help="Take static addresses outside the uplink's subnet, or with another prefix length (a routed or "
+        "delegated block). Without it they are refused: they would add an on-link route for a subnet the LAN "
+        "does not have."
+    ),
+]
+BridgeToolOption = Annotated[
+    BridgeTool, typer.Option("--bridge-tool", help="ip: iproute2 only; brctl: the seed's brctl commands.")
+]
+HostDhcp = Annotated[
+    bool,
+    typer.Option(
+        help="The seed's way for the host: the bridge asks DHCP for the host's address instead of taking over the "
+        "uplink's addresses and routes."
+    ),
+]
+LeaseTimeout = Annotated[int, typer.Option(metavar="SECONDS", help="Seconds to wait for every namespace's DHCP lease.")]
+TuneHost = Annotated[
+    bool,
+    typer.Option(
+        help="Raise the host-wide ARP table (gc_thresh1-3) and netdev_max_backlog limits that about 1000 namespaces "
+        "outgrow; down restores them. Without it such counts are refused with what to change."
+    ),
+]
+Confirm = Annotated[
+    int,
+    typer.Option(
+        metavar="SECONDS",
+        help="After moving the uplink, ask on the terminal to confirm the host is still reachable; without an "
+        "answer within SECONDS the uplink goes back as it was (like netplan try). For setups over SSH.",
+    ),
+]
+
+
+# --- validation of one value
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -170,10 +218,10 @@ def name(value: str, what: str, max_len: int = IFNAMSIZ) -> str:
     return value
 
 
-def count(value: int, mode: str = "bridge") -> int:
+def count(value: int, mode: Mode = Mode.bridge) -> int:
     if value <= 0:
         raise MultiipError(f"--count {value}: must be at least 1")
-    if mode != "bridge":
+    if mode != Mode.bridge:
         if value > MAX_LINKED:
             raise MultiipError(f"--count {value}: at most {MAX_LINKED} namespaces per setup")
         return value
@@ -186,15 +234,15 @@ def count(value: int, mode: str = "bridge") -> int:
     return value
 
 
-def choice(value: str | Enum, kind: type[Enum], option: str) -> str:
+E = TypeVar("E", bound=Enum)
+
+
+def choice(value: str | Enum, kind: type[E], option: str) -> E:
     allowed = [str(m.value) for m in kind]
     picked = text(value)
     if picked not in allowed:
         raise MultiipError(f"{option} {picked!r}: choose one of {', '.join(allowed)}")
-    return picked
-
-
-NAMESPACE_PORTS = (1024, 65535)  # every port a namespace's address can use (1024: see port_range)
+    return kind(picked)
 
 
 def port_range(value: str) -> tuple[int, int]:
@@ -247,7 +295,7 @@ def ipv4(value: str, option: str) -> ipaddress.IPv4Address:
         raise MultiipError(f"{option} {value!r}: not an IPv4 address") from None
 
 
-def address_list(value: str, read: Callable[[str], str]) -> tuple[ipaddress.IPv4Interface | ipaddress.IPv4Address, ...]:
+def address_list(value: str, read: Callable[[str], str]) -> tuple[Listed, ...]:
     """--addresses A,B,C or @FILE (one per line, # comments): each an IPv4 address, with or without /LEN."""
     source = "--addresses"
     if value.startswith("@"):
@@ -259,23 +307,19 @@ def address_list(value: str, read: Callable[[str], str]) -> tuple[ipaddress.IPv4
     words = [w for line in value.splitlines() for w in line.split("#", 1)[0].replace(",", " ").split()]
     if not words:
         raise MultiipError(f"{source}: no address in it")
-    out: list[ipaddress.IPv4Interface | ipaddress.IPv4Address] = []
+    out: list[Listed] = []
+    seen: set[ipaddress.IPv4Address] = set()
     for w in words:
         try:
-            a: ipaddress.IPv4Interface | ipaddress.IPv4Address = (
-                ipaddress.IPv4Interface(w) if "/" in w else ipaddress.IPv4Address(w)
-            )
+            a: Listed = ipaddress.IPv4Interface(w) if "/" in w else ipaddress.IPv4Address(w)
         except ValueError:
             raise MultiipError(f"{source}: {w!r} is not an IPv4 address (A.B.C.D or A.B.C.D/LEN)") from None
         ip = a.ip if isinstance(a, ipaddress.IPv4Interface) else a
         unusable(ip, source)
-        out.append(a)
-    seen: set[ipaddress.IPv4Address] = set()
-    for a in out:
-        ip = a.ip if isinstance(a, ipaddress.IPv4Interface) else a
         if ip in seen:
             raise MultiipError(f"{source}: {ip} is given twice")
         seen.add(ip)
+        out.append(a)
     return tuple(out)
 
 
@@ -304,6 +348,91 @@ def address_block(first: ipaddress.IPv4Interface, n: int, gateway: ipaddress.IPv
             raise MultiipError(f"--gateway {gateway} is the {which} address of {net}, not a host's")
         if first.ip <= gateway <= last:
             raise MultiipError(f"--gateway {gateway} falls inside the namespace addresses {first.ip} - {last}")
+
+
+# --- a whole setup: each value, then the rules between them
+
+
+def _read_text(path: str) -> str:
+    return Path(path).read_text()
+
+
+def setup(**given: Any) -> Setup:
+    """A validated Setup from option values by name, as typed (strings, numbers, enums); options not given
+    take their default."""
+    names = {f.name for f in dataclasses.fields(Setup)}
+    unknown = set(given) - names
+    if unknown:
+        raise TypeError(f"unknown options: {sorted(unknown)}")
+    v = {k: given.get(k, getattr(DEFAULT, k)) for k in names}
+    mode = choice(v["mode"], Mode, "--mode")
+    n = count(int(v["count"]), mode)
+    client = choice(v["dhcp"], Dhcp, "--dhcp")
+    first = interface_address(v["address"]) if v["address"] else None
+    listed = address_list(v["addresses"], _read_text) if v["addresses"] else ()
+    gw = ipv4(str(v["gateway"]), "--gateway") if v["gateway"] else None
+    if first is not None and listed:
+        raise MultiipError("--address and --addresses both give the static addresses: use one")
+    if listed:
+        if n not in (len(listed), DEFAULT.count):
+            raise MultiipError(f"--count {n} but --addresses lists {len(listed)}: one per namespace; drop --count")
+        n = count(len(listed), mode)
+    static = first is not None or bool(listed)
+    if static and client not in (Dhcp.auto, Dhcp.none):
+        raise MultiipError(f"--dhcp {client} and static addresses (--address/--addresses): choose one")
+    if static:
+        client = Dhcp.none
+    if v["off_subnet"] and not static:
+        raise MultiipError("--off-subnet is about static addresses: give them with --address or --addresses")
+    if mode == Mode.alias:
+        if not static:
+            raise MultiipError(
+                "--mode alias puts static addresses on the uplink: give them with --addresses LIST|@FILE or --address"
+            )
+        if gw is not None or v["tune_host"]:
+            raise MultiipError("--mode alias has no namespaces: --gateway and --tune-host are for namespace modes")
+    if gw is not None and not static:
+        raise MultiipError("--gateway goes with --address or --addresses (DHCP gives the gateway otherwise)")
+    if first is not None:
+        address_block(first, n, gw)
+    if v["host_dhcp"] and client == Dhcp.none:
+        raise MultiipError("--host-dhcp needs a DHCP client: pick one with --dhcp")
+    tool = choice(v["bridge_tool"], BridgeTool, "--bridge-tool")
+    if mode != Mode.bridge and (v["host_dhcp"] or tool != BridgeTool.ip or int(v["confirm"])):
+        raise MultiipError(
+            f"--mode {mode} leaves the uplink alone: --host-dhcp, --bridge-tool and --confirm are for --mode bridge"
+        )
+    if mode == Mode.ipvlan and client in (Dhcp.dhclient, Dhcp.dhcpcd):
+        raise MultiipError(
+            "--mode ipvlan shares one MAC: its DHCP needs a client id and broadcast replies per namespace, which "
+            "multiip gives udhcpc: use --dhcp udhcpc (or auto)"
+        )
+    lease_timeout, confirm = int(v["lease_timeout"]), int(v["confirm"])
+    seconds(lease_timeout, "--lease-timeout")
+    if not 0 <= confirm <= 600:
+        raise MultiipError(f"--confirm {confirm}: give 1..600 seconds (0: do not ask)")
+    uplink = name(v["uplink"], "--uplink") if v["uplink"] else ""
+    bridge = name(v["bridge"], "--bridge")
+    if bridge == uplink:
+        raise MultiipError(f"--bridge and --uplink are both {bridge!r}")
+    return Setup(
+        prefix=name(v["prefix"], "--prefix"),
+        bridge=bridge,
+        uplink=uplink,
+        count=n,
+        mode=mode,
+        dhcp=client,
+        address=first,
+        addresses=listed,
+        gateway=gw,
+        port_range=port_range(v["port_range"]) if v["port_range"] else None,
+        off_subnet=bool(v["off_subnet"]),
+        bridge_tool=tool,
+        host_dhcp=bool(v["host_dhcp"]),
+        lease_timeout=lease_timeout,
+        tune_host=bool(v["tune_host"]),
+        confirm=confirm,
+    )
 
 
 # --- multiip hold

@@ -17,7 +17,7 @@ def templates_dir() -> Path:
     """templates/ inside an installed wheel, or at the top of a source checkout."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "templates", here.parent / "templates"):
-        if (candidate / "setup.sh.j2").is_file():
+        if (candidate / "setup_bridge.sh.j2").is_file():
             return candidate
     raise RuntimeError(f"multiip templates not found next to {here}")
 
@@ -47,25 +47,32 @@ def render(template: str, **context: Any) -> str:
 
 
 def setup_script(plan: Plan) -> str:
-    """The setup: namespaces (bridge, macvlan, ipvlan), or addresses on the uplink (alias)."""
-    return render("setup_alias.sh.j2" if plan.mode == "alias" else "setup.sh.j2", plan=plan, t=plan.target)
+    """The setup: a template per mode (bridge, macvlan, ipvlan: namespaces; alias: addresses on the uplink)."""
+    return render(f"setup_{plan.o.mode}.sh.j2", plan=plan, o=plan.o, t=plan.target)
 
 
 def teardown_script(target: Target) -> str:
     return render("teardown.sh.j2", t=target)
 
 
-def doctor_script(uplink: str, wait: int) -> str:
-    """The probe of which modes can work here (multiip doctor)."""
-    return render("doctor.sh.j2", uplink=uplink, wait=wait)
+def doctor_script(uplink: str, wait: int, probe: bool) -> str:
+    """Which modes can work here (multiip doctor); with probe, asking the network from a new MAC too."""
+    return render("doctor.sh.j2", uplink=uplink, wait=wait, probe=probe)
 
 
 def systemd_files(plan: Plan, directory: str) -> dict[str, str]:
     """A service that makes the setup at boot and undoes it on stop, and the two scripts it runs, by file
     name (all to go into ``directory``, an absolute path)."""
-    unit = f"multiip-{plan.target.prefix}.service"
+    unit = f"multiip-{plan.target.prefix}.service"  # one per setup
     setup, teardown = f"multiip-{plan.target.prefix}-setup.sh", f"multiip-{plan.target.prefix}-teardown.sh"
     service = render(
-        "multiip.service.j2", plan=plan, t=plan.target, directory=directory, unit=unit, setup=setup, teardown=teardown
+        "multiip.service.j2",
+        plan=plan,
+        o=plan.o,
+        t=plan.target,
+        directory=directory,
+        unit=unit,
+        setup=setup,
+        teardown=teardown,
     )
     return {unit: service, setup: setup_script(plan), teardown: teardown_script(plan.target)}

@@ -9,6 +9,7 @@ setup's namespaces (or addresses) are the ones its record names.
 from __future__ import annotations
 
 import json
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 
 from multiip import execute
 from multiip.errors import MultiipError
-from multiip.plan import Target
+from multiip.plan import STATE_ROOT, Target
 
 # One process per namespace reads its links/addresses, default route and port range.
 # {dev}: empty in a namespace (all its links), 'dev "$0"' for one device (the uplink, with --mode alias).
@@ -51,11 +52,19 @@ class Record:
         return self.env.get("MODE", "bridge")
 
 
+def _unreadable(path: Path) -> MultiipError:
+    return MultiipError(
+        f"the setups' records ({path.parent}) are readable by root only: run it as root (sudo multiip ...)"
+    )
+
+
 def read_record(target: Target) -> Record | None:
-    """The setup's record, or None if there is none."""
+    """The setup's record, or None if there is none; an error (not None) if it cannot be read."""
     try:
         env_text = (target.state_dir / "setup.env").read_text()
         ns_text = (target.state_dir / "namespaces").read_text()
+    except PermissionError:
+        raise _unreadable(target.state_dir) from None
     except OSError:
         return None
     try:
@@ -63,6 +72,25 @@ def read_record(target: Target) -> Record | None:
     except OSError:
         addresses_text = ""
     return parse_record(env_text, ns_text, addresses_text)
+
+
+def owner(namespace: str) -> str:
+    """The prefix of the setup whose record names this namespace."""
+    if STATE_ROOT.exists() and not os.access(STATE_ROOT, os.R_OK | os.X_OK):
+        raise _unreadable(STATE_ROOT / "namespaces")
+    for path in sorted(STATE_ROOT.glob("*/namespaces")):
+        try:
+            names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+        except PermissionError:
+            raise _unreadable(path.parent) from None
+        except OSError:
+            continue
+        if namespace in names:
+            return path.parent.name
+    raise MultiipError(
+        f"exec: no setup on this host recorded a namespace {namespace}: see multiip status --prefix PREFIX, "
+        "or use --all --prefix PREFIX"
+    )
 
 
 def parse_record(env_text: str, ns_text: str, addresses_text: str = "") -> Record:

@@ -13,9 +13,16 @@ from typing import Any
 from multiip import lab as labmod
 
 
+def within(netns: str) -> list[str]:
+    """The command prefix that runs as this namespace: a lab's host in its mount namespace too (lab.enter)."""
+    if netns.endswith("-host"):
+        return labmod.enter(labmod.make_lab(netns.removesuffix("-host")), [])
+    return ["nsenter", f"--net=/run/netns/{netns}", "--"]
+
+
 def sh(*argv: str, check: bool = True, netns: str | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
     if netns:
-        argv = ("nsenter", f"--net=/run/netns/{netns}", "--", *argv)
+        argv = (*within(netns), *argv)
     return subprocess.run(argv, check=check, text=True, capture_output=True, **kw)
 
 

@@ -107,7 +107,10 @@ def test_status_json_with_nothing_set_up() -> None:
 
 def test_doctor_dry_run_prints_its_script_without_root() -> None:
     script = multiip("doctor", "--dry-run", "--uplink", "ens5").stdout
-    assert script.startswith("#!/usr/bin/env bash") and "UPLINK=ens5" in script and "arping -D" in script
+    assert script.startswith("#!/usr/bin/env bash") and "UPLINK=ens5" in script and "arping -D" not in script
+    assert "multiip doctor --probe does it" in script  # no probe from a new MAC unless asked
+    probing = multiip("doctor", "--dry-run", "--probe").stdout
+    assert "arping -D" in probing and "port security" in probing
     cp = multiip("doctor", "--timeout", "0", check=False)
     assert cp.returncode != 0 and "--timeout 0" in cp.stderr and "Traceback" not in cp.stderr
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import multiip, ours, processes
+from helpers import multiip, ours, processes, within
 
 from multiip import lab as labmod
 
@@ -191,7 +191,7 @@ def run_locust(lab: labmod.Lab, prefix: str, users: int, rate: int, seconds: int
     master_log = logs / "locust-master.log"
     with master_log.open("w") as err:
         master = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{lab.host_ns}", "--", sys.executable, "-m", "locust", "-f",
+            [*within(lab.host_ns), sys.executable, "-m", "locust", "-f",
              str(LOCUSTFILE), "--master", "--master-bind-host", host, "--headless", "-u", str(users), "-r", str(rate),
              "--expect-workers", str(n), "--expect-workers-max-wait", "60", "--run-time", f"{seconds}s",
              "--host", f"http://{lab.lan_ip}:8080", "--json", "--stop-timeout", "5"],

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import fake_sysctls, host_state, leftovers, multiip, ours, running_lab, sh
+from helpers import fake_sysctls, host_state, leftovers, multiip, ours, running_lab, sh, within
 
 from multiip import lab as labmod
 
@@ -23,7 +23,7 @@ STATIC = ["--dhcp", "none", "--address", "198.18.250.1/15"]
 
 def multiip_bg(*args: str, netns: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-m", "multiip", *args],
+        [*within(netns), sys.executable, "-m", "multiip", *args],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -197,7 +197,7 @@ def test_ctrl_c_under_run_waits_for_the_script_and_says_where(lab: labmod.Lab, p
     script. Either way python waits for the script to stop (its rollback included) and says where."""
     before = host_state(lab.host_ns, prefix)
     proc = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{lab.host_ns}", sys.executable, "-m", "multiip", "run", "--prefix", prefix,
+        [*within(lab.host_ns), sys.executable, "-m", "multiip", "run", "--prefix", prefix,
          "--count", "300", *STATIC, "--yes"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
@@ -253,7 +253,7 @@ def test_a_setup_killed_at_any_point_is_undone_by_down_and_finished_by_a_rerun(
     setup = tmp_path / "setup.sh"
     setup.write_text(multiip("render", *args).stdout)
     for then in ("down", "run"):
-        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.host_ns}", "bash", str(setup)],
+        proc = subprocess.Popen([*within(lab.host_ns), "bash", str(setup)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
         assert proc.stderr is not None
         for line in proc.stderr:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import HOST_LIMITS, fake_sysctls, host_state, ip_json, leftovers, multiip, ours, running_lab, sh
+from helpers import HOST_LIMITS, fake_sysctls, host_state, ip_json, leftovers, multiip, ours, running_lab, sh, within
 
 from multiip import lab as labmod
 
@@ -339,7 +339,7 @@ def test_interrupted_setup_says_so_and_down_cleans_up(
     setup = render_to(tmp_path, "setup.sh", "--prefix", prefix, "--count", "600", "--dhcp", "none",
                       "--address", "198.18.220.1/15")  # fmt: skip
     proc = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{lab.host_ns}", "bash", str(setup)],
+        [*within(lab.host_ns), "bash", str(setup)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert proc.stderr is not None

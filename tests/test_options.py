@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import ipaddress
 from pathlib import Path
 
 import pytest
 
-from multiip import options
+from multiip import cli, options
 from multiip.errors import MultiipError
 from multiip.plan import make_plan, make_target
+
+setup = options.setup
 
 
 @pytest.mark.parametrize(
@@ -93,7 +97,7 @@ def test_address_block_must_stay_in_subnet() -> None:
 
 
 def test_plan_rules() -> None:
-    assert make_plan(address="198.18.1.1/15").dhcp == "none"  # static addresses need no DHCP client
+    assert setup(address="198.18.1.1/15").dhcp == "none"  # static addresses need no DHCP client
     with pytest.raises(MultiipError, match="--dhcp udhcpc and static addresses"):
         make_plan(address="198.18.1.1/15", dhcp="udhcpc")
     with pytest.raises(MultiipError, match="--gateway goes with --address"):
@@ -114,7 +118,7 @@ def test_plan_rules() -> None:
         make_plan(confirm=-1)
     with pytest.raises(MultiipError, match="both"):
         make_target(bridge="eth0", uplink="eth0")
-    assert make_plan(mode="macvlan", count=2000).count == 2000  # no bridge, no 1023-port limit
+    assert setup(mode="macvlan", count=2000).count == 2000  # no bridge, no 1023-port limit
     with pytest.raises(MultiipError, match="at most 4096"):
         make_plan(mode="macvlan", count=5000)
     with pytest.raises(MultiipError, match="are for --mode bridge"):
@@ -130,9 +134,9 @@ def test_address_lists(tmp_path: Path) -> None:
     listed = tmp_path / "assigned"
     listed.write_text("# the instance's secondary IPs\n10.0.1.20\n10.0.1.21/24  # with its length\n\n10.0.1.22\n")
     plan = make_plan(mode="ipvlan", addresses=f"@{listed}")
-    assert (plan.count, plan.dhcp, plan.static) == (3, "none", ["10.0.1.20", "10.0.1.21/24", "10.0.1.22"])
+    assert (plan.o.count, plan.o.dhcp, plan.static) == (3, "none", ["10.0.1.20", "10.0.1.21/24", "10.0.1.22"])
     assert "--addresses" in plan.args() and "10.0.1.20,10.0.1.21/24,10.0.1.22" in plan.args()
-    assert make_plan(addresses="10.0.1.20, 10.0.1.21", count=2).count == 2
+    assert setup(addresses="10.0.1.20, 10.0.1.21", count=2).count == 2
     assert make_plan(address="198.18.1.1/15", count=3).static == ["198.18.1.1/15", "198.18.1.2/15", "198.18.1.3/15"]
     for bad, why in (
         ("10.0.1.20,10.0.1.20", "given twice"),
@@ -152,8 +156,8 @@ def test_address_lists(tmp_path: Path) -> None:
 def test_alias_rules() -> None:
     """--mode alias: static addresses only, no namespace options; the host's port range left unless given."""
     plan = make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21")
-    assert plan.port_range is None and plan.ports == (1024, 65535)
-    assert make_plan(mode="alias", addresses="10.0.1.20", port_range="2000-60000").port_range == (2000, 60000)
+    assert plan.o.port_range is None and plan.ports == (1024, 65535)
+    assert setup(mode="alias", addresses="10.0.1.20", port_range="2000-60000").port_range == (2000, 60000)
     with pytest.raises(MultiipError, match="--addresses LIST"):
         make_plan(mode="alias")
     with pytest.raises(MultiipError, match="no namespaces"):
@@ -181,23 +185,27 @@ def test_seed_names_and_others_do_not_collide() -> None:
         {"mode": "macvlan", "count": 1500, "prefix": "mv"},
     ],
 )
-def test_plan_round_trip_through_its_own_args(given: dict[str, object]) -> None:
-    """Plan.args() gives the options that make the same plan again: one definition, one default each."""
-    plan = make_plan(**given)
-    argv = plan.args()
+def test_setup_round_trip_through_its_own_args(given: dict[str, object]) -> None:
+    """Setup.args() gives the options that make the same setup again: one definition, one default each."""
+    valid = setup(**given)
+    argv = valid.args()
     parsed: dict[str, object] = {}
-    specs = {s.flag: s for s in options.SETUP}
+    fields = {"--" + f.name.replace("_", "-"): f for f in dataclasses.fields(options.Setup)}
     while argv:
-        spec = specs[argv.pop(0)]
-        parsed[spec.name] = True if spec.kind is bool else spec.kind(argv.pop(0))
-    assert make_plan(**parsed) == plan
+        f = fields[argv.pop(0)]
+        parsed[f.name] = True if f.type == "bool" else argv.pop(0)
+    assert setup(**parsed) == valid
     assert set(parsed) == {k for k in given if k != "count" or given[k] != 20}
 
 
-def test_every_setup_option_is_a_plan_field() -> None:
-    values = make_plan().values()
-    assert [s.name for s in options.SETUP] == [s.name for s in options.SETUP if s.name in values]
-    assert len(values) == len(options.SETUP)
+def test_the_cli_defaults_are_the_setups() -> None:
+    """Each setup option of `run` and `render` has Setup's default (the CLI reads options.DEFAULT)."""
+    for command in (cli.run, cli.render_cmd):
+        params = inspect.signature(command).parameters
+        for f in dataclasses.fields(options.Setup):
+            assert f.name in params, (command.__name__, f.name)
+            default = params[f.name].default
+            assert default == f.default or (default is None and f.default in ((), None)), (f.name, default)
 
 
 def test_choices_are_enums() -> None:

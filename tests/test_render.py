@@ -44,9 +44,12 @@ SCRIPTS = {
         make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21", port_range="1024-65535")
     ),
     "setup-alias-keep-ports": lambda: setup_script(make_plan(mode="alias", address="198.18.30.1/15", count=300)),
-    "doctor": lambda: doctor_script("", 3),
+    "doctor": lambda: doctor_script("", 3, False),
+    "doctor-probe": lambda: doctor_script("", 3, True),
     "lab-up": lambda: lab.up_script(lab.make_lab()),
     "lab-up-cloud": lambda: lab.up_script(lab.make_lab(cloud=4)),
+    "lab-up-networkd": lambda: lab.up_script(lab.make_lab(manager="systemd-networkd", server=True, critical=True)),
+    "lab-up-nm": lambda: lab.up_script(lab.make_lab(manager="NetworkManager", client_id="duid", mtu=1400)),
     "lab-down": lambda: lab.down_script(lab.make_lab()),
 }
 
@@ -85,8 +88,9 @@ def test_bash_parses_it_and_it_is_only_bash(case: str, tmp_path: Path) -> None:
     assert text.startswith("#!/usr/bin/env bash\n")
     body = code(text)  # no second language: no perl, no inline python, no here-document but the udhcpc script
     assert not re.search(r"\b(perl|ruby|lua)\b|python3? -c", body)
-    # here-documents: ip batches, the udhcpc event script; the lab's cloud LAN, an nft ruleset
-    allowed = {"UDHCPC", "BATCH"} | ({"NFT"} if case.startswith("lab-") else set())
+    # here-documents: ip batches, the udhcpc event script; the lab's: its cloud LAN's nft ruleset, its host's
+    # DHCP client script and networkd file
+    allowed = {"UDHCPC", "BATCH"} | ({"NFT", "CLIENT", "NETWORK"} if case.startswith("lab-") else set())
     assert set(re.findall(r"<<-?'?(\w+)", body)) <= allowed
 
 
@@ -101,8 +105,9 @@ def test_choices_made_at_render_time_are_not_tested_again_in_bash() -> None:
     assert 'step 6/6 "no DHCP' in static and "DHCP=none" in static and 'dhcp_start "$DHCP" "$PREFIX$i"' not in static
     assert "198.18.10.1/15 198.18.10.2/15" in static and "GATEWAY=198.18.0.1" in static
     assert "PORT_RANGE=(2000 60000)" in static
-    assert 'dhcp_start "$DHCP" host "$BRIDGE"' in hostdhcp and 'ip route replace $line dev "$BRIDGE"' in hostdhcp
-    assert 'dhcp_start "$DHCP" host' not in seed and "address replace $line dev $BRIDGE" in seed
+    assert 'dhcp_start "$DHCP" host "$BRIDGE"' in hostdhcp and 'carry "$BRIDGE_STATE/carry.then"' in hostdhcp
+    assert 'dhcp_start "$DHCP" host' not in seed and 'carry "$BRIDGE_STATE/carry" "$UPLINK" "$BRIDGE"' in seed
+    assert "renew_on_bridge" in seed and "renew_on_bridge" not in hostdhcp
     tuned = code(setup_script(make_plan(tune_host=True)))
     assert "host-limits" in tuned and "host-limits" not in seed
 
@@ -176,7 +181,7 @@ def test_wheel_ships_templates(tmp_path: Path) -> None:
     )  # fmt: skip
     wheel = next(tmp_path.glob("multiip-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "multiip/templates/setup.sh.j2" in names and "multiip/templates/teardown.sh.j2" in names
+    assert "multiip/templates/setup_bridge.sh.j2" in names and "multiip/templates/teardown.sh.j2" in names
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

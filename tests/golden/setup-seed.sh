@@ -8,7 +8,8 @@ set -Eeuo pipefail
 export LC_ALL=C
 
 say() { printf 'multiip: %s\n' "$*" >&2 || true; }  # || true: a closed stderr must not stop a rollback
-die() { printf 'multiip: error: %s\n' "$*" >&2 || true; exit 2; }
+UNDO=""  # once a setup has changed the host: the command that undoes it, named by every error from then on
+die() { printf 'multiip: error: %s%s\n' "$*" "${UNDO:+; $UNDO}" >&2 || true; exit 2; }
 # shellcheck disable=SC2034 # STEP: named by on_error in the scripts that include _errors.sh.j2
 step() { STEP=$2; printf 'multiip: [%s] %s\n' "$1" "$2" >&2 || true; }
 progress() { printf 'multiip: progress %s %s/%s\n' "$1" "$2" "$3" >&2 || true; }
@@ -21,8 +22,8 @@ on_error() {
   trap - ERR
   trap '' INT TERM HUP  # the rollback below runs to its end, whatever else arrives
   if ((${#BACKGROUND[@]} > 0)); then wait "${BACKGROUND[@]}" 2>/dev/null || true; fi  # none outlives the script
-  if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"\n' "$STEP" >&2 || true
-  else printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2 || true; fi
+  if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"%s\n' "$STEP" "${UNDO:+; $UNDO}" >&2 || true
+  else printf 'multiip: error: step "%s" failed (exit %s at line %s)%s\n' "$STEP" "$1" "$2" "${UNDO:+; $UNDO}" >&2 || true; fi
   exit "$1"
 }
 rollback() {  # on every exit while ROLLBACK names a function: an error, a signal, or die
@@ -49,7 +50,7 @@ PREFIX=ns        # namespaces ${PREFIX}0, ${PREFIX}1, ...
 # shellcheck disable=SC2034 # --mode alias has no bridge
 BRIDGE=br0
 UPLINK=''        # empty: the interface of the default route, found where this runs
-STATE=/run/multiip/ns  # the setup's record, pid, lease and saved-uplink files
+STATE=/run/multiip/ns  # the setup's record, pid and lease files
 # shellcheck disable=SC2034 # --mode alias changes no host-wide limit
 SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
@@ -77,8 +78,13 @@ safe_dir() {  # $1: a state directory, made 0700 if missing; refused if it is a 
 }
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
-#   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_MADE UPLINK DHCP COUNT MANAGER
+#   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_MADE UPLINK DHCP COUNT MANAGER MTU
 #   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
+#   $STATE/addresses   the static addresses, one A/LEN per line (in namespaces, or on the uplink: alias)
+# --mode bridge: the uplink's move belongs to the bridge, shared by the setups on it; the last to go
+# gives it back. Its record, $BRIDGE_STATE (/run/multiip/.bridge-BRIDGE): carry (what the uplink carried: _uplink.sh.j2), uplink, made (1: a
+# setup made the bridge), manager (and manager.client, manager.connection, client-id), moved (the move
+# finished), host.* (the host's lease renewed on the bridge).
 # A setup's namespaces are the ones its record names, never a name pattern. Each bridge port also
 # carries the alias multiip:PREFIX:NAME:INSIDE, from which the teardown rebuilds a lost record.
 declare -A RECORD=()
@@ -89,12 +95,14 @@ read_record() {  # sets RECORD[KEY] from setup.env
   while IFS='=' read -r key value; do [[ -z $key ]] || RECORD[$key]=$value; done <"$STATE/setup.env"
 }
 
-find_uplink() {  # sets UPLINK if empty; dies without one
+find_uplink() {  # sets UPLINK if empty (dies without one) and MTU, the uplink's
   if [[ -z $UPLINK ]]; then
     UPLINK=$(ip -4 route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }')
     [[ -n $UPLINK ]] || die "no default route to find the uplink by: name it with --uplink"
   fi
   link_exists "$UPLINK" || die "uplink $UPLINK does not exist"
+  # shellcheck disable=SC2034 # not every script needs the MTU
+  MTU=$(ip -o link show dev "$UPLINK" | sed -n 's/.* mtu \([0-9]*\) .*/\1/p')
 }
 
 SYSFS=${MULTIIP_SYSFS:-/sys}  # tests point this elsewhere
@@ -119,6 +127,7 @@ find_cloud() {  # sets CLOUD to the provider whose network drops unassigned MACs
     *) CLOUD="" ;;
   esac
 }
+
 INSIDE=tap  # veth end inside namespace i: ${INSIDE}i
 PORT=br-tap      # veth end on the bridge: ${PORT}i
 
@@ -132,13 +141,15 @@ resolv_in() {  # $1 key, then a command: run it there with /etc/resolv.conf boun
   local key=$1
   shift
   if [[ $key != host ]]; then ip netns exec "$key" "$@"
-  else unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$STATE/host.resolv.conf" "$@"
+  else unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "${BRIDGE_STATE:-}/host.resolv.conf" "$@"
   fi
 }
 client_files() {  # $1 client, $2 key, $3 interface: sets PIDFILE and LEASEFILE
+  local dir=$STATE
+  [[ $2 != host ]] || dir=${BRIDGE_STATE:-}  # the host's own lease on the bridge is the bridge's
   case $1 in
-    udhcpc) PIDFILE=$STATE/$2.pid LEASEFILE=$STATE/$2.lease ;;
-    dhclient) PIDFILE=$STATE/$2.pid LEASEFILE=$STATE/$2.leases ;;
+    udhcpc) PIDFILE=$dir/$2.pid LEASEFILE=$dir/$2.lease ;;
+    dhclient) PIDFILE=$dir/$2.pid LEASEFILE=$dir/$2.leases ;;
     dhcpcd) PIDFILE=/run/dhcpcd/$3-4.pid LEASEFILE=/var/lib/dhcpcd/$3.lease ;;  # dhcpcd has no option for them
     *) PIDFILE=- LEASEFILE=- ;;
   esac
@@ -161,170 +172,26 @@ client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running clien
   [[ -n $comm && $comm == "$1" && /proc/$PID/ns/net -ef $netns ]] || PID=""
 }
 
-# What moves: IPv4 and IPv6 addresses (not link-local ones, which the bridge makes itself from the same
-# MAC, nor IPv6 ones the kernel made from router advertisements), with their flags and lifetimes; the
-# routes of every table and protocol that leave by the uplink, except the kernel's own (table local,
-# IPv6 link-local and prefix routes, router advertisements); the ip rules that name it (iif/oif).
-addresses_of() {  # $1 device: `ip address replace` arguments, one address per line
-  ip -o address show dev "$1" | awk '
-    ($3 != "inet" && $3 != "inet6") || / scope (link|host) / || ($3 == "inet6" && / dynamic /) { next }
-    { out = $4
-      for (i = 5; i <= NF; i++) {
-        if ($i == "brd" || $i == "metric") { out = out " " $i " " $(i + 1); i++ }
-        else if ($i == "valid_lft" || $i == "preferred_lft") {
-          v = $(i + 1); sub(/sec$/, "", v); if (v != "forever") out = out " " $i " " v; i++ }
-        else if ($i ~ /^(noprefixroute|nodad|home|optimistic|mngtmpaddr)$/) out = out " " $i
-      }
-      print out }'
-}
-routes_of() {  # $1 device: `ip route replace` arguments, one route per line (IPv6 default as ::/0)
-  { ip -4 -o route show table all dev "$1"; ip -6 -o route show table all dev "$1" | sed 's|^default |::/0 |'; } |
-    awk '/ table local / || / proto ra / || /^fe80::\/64 / || /^(multicast|local|broadcast|anycast) / { next }
-      /:.* proto kernel metric 256 / { next }  # the kernel makes an IPv6 address its prefix route
-      { out = ""
-        for (i = 1; i <= NF; i++) if ($i !~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|notify)$/) out = out (out == "" ? "" : " ") $i
-        if (/ via /) later[++n] = out; else print out }  # routes via a gateway after those that reach it
-      END { for (i = 1; i <= n; i++) print later[i] }'
-}
-rules_of() {  # $1 device, $2 family (4 or 6): `ip rule` arguments (pref N ...) of the rules naming it
-  ip "-$2" rule show | awk -v dev="$1" '{
-      named = 0
-      for (i = 2; i < NF; i++) if (($i == "iif" || $i == "oif") && $(i + 1) == dev) named = 1
-      if (!named) next
-      sub(/:$/, "", $1); out = "pref " $1
-      for (i = 2; i <= NF; i++) if ($i !~ /^\[(detached|unresolved)\]$/) out = out " " $i
-      print out }'
-}
-renamed() {  # $1 line, $2 from, $3 to: the line with iif/oif $2 made $3
-  local line=" $1 "
-  line=${line// iif $2 / iif $3 }
-  line=${line// oif $2 / oif $3 }
-  line=${line# }
-  printf '%s' "${line% }"
-}
-
-# Addresses, routes and rules to put back: the saved ones, or (record lost) what the bridge has now.
-uplink_addresses() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.addr"; else addresses_of "$BRIDGE"; fi; }
-uplink_routes() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.route"; else routes_of "$BRIDGE"; fi; }
-uplink_rules() {  # $1 family: the rules as they name the uplink
-  local line
-  if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.rule$1"; return; fi
-  while read -r line; do renamed "$line" "$BRIDGE" "$UPLINK" && echo; done < <(rules_of "$BRIDGE" "$1")
-}
-
-# Take the uplink out of the bridge and give it back its addresses, routes and rules, in one `ip -batch`
-# (IPv6 rules in a second) so the host is without its address for as short a time as possible. An
-# address that a DHCP client renewed on the bridge goes back with its lifetime from the bridge.
-restore_uplink() {
-  local batch="link set dev $UPLINK nomaster"$'\n' line now rules6="" address
-  local -A renewed=()
-  if link_exists "$BRIDGE"; then
-    while read -r line; do [[ $line != *valid_lft* ]] || renewed[${line%% *}]=$line; done < <(addresses_of "$BRIDGE")
-  fi
-  while read -r line; do
-    [[ -n $line ]] || continue
-    address=${line%% *}
-    [[ $line != *valid_lft* || -z ${renewed[$address]:-} ]] || line=${renewed[$address]}
-    batch+="address replace $line dev $UPLINK"$'\n'
-  done < <(uplink_addresses)
-  while read -r line; do [[ -z $line ]] || batch+="route replace $line dev $UPLINK"$'\n'; done < <(uplink_routes)
-  while read -r line; do
-    [[ -z $line ]] || batch+="rule del $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'"rule add $line"$'\n'
-  done < <(uplink_rules 4)
-  while read -r line; do
-    [[ -z $line ]] || rules6+="rule del $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'"rule add $line"$'\n'
-  done < <(uplink_rules 6)
-  while read -r line; do
-    [[ -z $line ]] || batch+="address del ${line%% *} dev $BRIDGE"$'\n'
-  done < <(if link_exists "$BRIDGE"; then uplink_addresses; fi)
-  batch+="link set dev $UPLINK up"$'\n'
-  ip -force -batch - <<<"$batch" >/dev/null 2>&1 || true  # deleting what the bridge lacks is fine
-  [[ -z $rules6 ]] || ip -6 -force -batch - <<<"$rules6" >/dev/null 2>&1 || true
-  [[ -z $(link_master "$UPLINK") ]] || die "could not take $UPLINK out of $BRIDGE"
-  now=$(ip -o address show dev "$UPLINK")
-  while read -r line; do
-    [[ -z $line || $now == *" ${line%% *} "* ]] || die "could not give ${line%% *} back to $UPLINK"
-  done < <(uplink_addresses)
-}
-
-add_missing() {  # add what the uplink carried and lacks now (addresses, routes, rules), leaving what it has
-  local batch="" line family have
-  while read -r line; do [[ -z $line ]] || batch+="address add ${line%% valid_lft*} dev $UPLINK"$'\n'; done < <(uplink_addresses)
-  while read -r line; do [[ -z $line ]] || batch+="route add $line dev $UPLINK"$'\n'; done < <(uplink_routes)
-  [[ -z $batch ]] || ip -force -batch - <<<"$batch" >/dev/null 2>&1 || true  # "exists" is fine
-  for family in 4 6; do
-    have=$(rules_of "$UPLINK" "$family")
-    while read -r line; do
-      [[ -z $line || $'\n'$have$'\n' == *$'\n'$line$'\n'* ]] || ip "-$family" rule add $line
-    done < <(uplink_rules "$family")
-  done
-}
-
-# --- The uplink's manager, recorded as MANAGER: none, NetworkManager, systemd-networkd, or the DHCP
-# --- client (dhclient, dhcpcd, udhcpc) that runs on it. While the setup lives, the manager leaves the
-# --- uplink, the bridge and its ports alone, and the host's lease is renewed on the bridge by a udhcpc
-# --- of ours (the bridge carries the uplink's MAC, so it is the same lease); then the manager gets
-# --- the uplink back as it had it. A manager is never stopped for the whole host.
-NM_CONF=/run/NetworkManager/conf.d/90-multiip-$PREFIX.conf
-NETWORKD_FILE=/run/systemd/network/00-multiip-$PREFIX.network
-leave_alone() {  # $1 manager, $2 interfaces (globs): the manager leaves them alone; none: it has them all back
-  case $1 in
-    NetworkManager)
-      if [[ -n $2 ]]; then
-        mkdir -p "${NM_CONF%/*}"
-        printf '[device-multiip-%s]\nmatch-device=interface-name:%s\nmanaged=0\n' "$PREFIX" "${2// /;interface-name:}" >"$NM_CONF"
-      else rm -f "$NM_CONF"
-      fi
-      nmcli general reload conf ;;
-    systemd-networkd)
-      if [[ -n $2 ]]; then
-        mkdir -p "${NETWORKD_FILE%/*}"
-        printf '[Match]\nName=%s\n\n[Link]\nUnmanaged=yes\n' "$2" >"$NETWORKD_FILE"
-      else rm -f "$NETWORKD_FILE"
-      fi
-      networkctl reload ;;
-  esac
-}
-give_back_to_manager() {  # $1 manager, $2 what it still leaves alone: undo the uplink's handover (also a half one)
-  local argv=() pid
-  client_pid udhcpc host "$BRIDGE"  # ours, renewing the host's lease on the bridge: it goes, no release
-  if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi
-  case $1 in
-    NetworkManager)
-      leave_alone "$1" "$2" || true
-      nmcli device set "$UPLINK" managed yes || true
-      if [[ -s $STATE/uplink.connection ]]; then  # active again, as it was
-        nmcli --wait 30 connection up uuid "$(<"$STATE/uplink.connection")" >/dev/null || true
-        add_missing  # what NetworkManager cleared when it took the uplink back but did not make itself
-      fi
-      say "NetworkManager manages $UPLINK again" ;;
-    systemd-networkd)
-      leave_alone "$1" "$2" || true
-      say "systemd-networkd manages $UPLINK again" ;;
-    dhclient | dhcpcd | udhcpc)
-      [[ -s $STATE/uplink.client ]] || return 0
-      mapfile -d '' -t argv <"$STATE/uplink.client"
-      for pid in /proc/[0-9]*; do  # running already (given back before)
-        [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || return 0
-      done
-      (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 9>&- &)
-      say "$1 runs on $UPLINK again, as it did: ${argv[*]}" ;;
-  esac
-}
-
-dhcp_start() {  # $1 client, $2 key, $3 interface[, $4 the address to ask for]
-  local log=$STATE/$2.log RESOLV=/etc/netns/$2/resolv.conf
-  [[ $2 != host ]] || RESOLV=$STATE/host.resolv.conf
+dhcp_start() {  # $1 client, $2 key, $3 interface[, $4 the address to ask for[, $5 the client id to send]]
+  local log=$STATE/$2.log RESOLV=/etc/netns/$2/resolv.conf script=$STATE/udhcpc.script
+  [[ $2 != host ]] || log=${BRIDGE_STATE:-}/host.log RESOLV=${BRIDGE_STATE:-}/host.resolv.conf script=${BRIDGE_STATE:-}/udhcpc.script
   [[ -e $RESOLV ]] || { mkdir -p "${RESOLV%/*}" && : >"$RESOLV"; }  # exists before the client starts
   client_files "$@"
   rm -f "$LEASEFILE"
   case $1 in
     udhcpc)  # in the foreground of its own session: never blocks this script, keeps trying until it has a lease
-      local enter=() how=(-R) host=""  # -R: a namespace's lease is released when its client stops
-      # The host's own lease (key host) is never released: the address goes back to the uplink.
-      if [[ $2 == host ]]; then how=(${4:+-r "$4"}) host=1; else enter=(nsenter --net="/run/netns/$2"); fi
-      MULTIIP_RESOLV=$RESOLV MULTIIP_LEASE=$LEASEFILE MULTIIP_HOST=$host setsid "${enter[@]}" \
-        udhcpc -f -i "$3" -p "$PIDFILE" -s "$STATE/udhcpc.script" "${how[@]}" -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 9>&- &
+      local enter=() how=(-R) host="" avoid=""  # -R: a namespace's lease is released when its client stops
+      # The host's own lease (key host) is never released: the address goes back to the uplink; it is
+      # asked for with the client id the uplink's manager used, so the server sees the same client.
+      if [[ $2 == host ]]; then
+        how=(${4:+-r "$4"}) host=1
+        [[ ${5:-} != - ]] || how+=(-C)  # the manager sent none: the server knows the host by its MAC
+        [[ ${5:--} == - ]] || how+=(-x "0x3d:$5")
+      else
+        enter=(nsenter --net="/run/netns/$2")
+      fi
+      MULTIIP_RESOLV=$RESOLV MULTIIP_LEASE=$LEASEFILE MULTIIP_HOST=$host MULTIIP_AVOID=$avoid setsid "${enter[@]}" \
+        udhcpc -f -i "$3" -p "$PIDFILE" -s "$script" "${how[@]}" -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 9>&- &
       ;;
     dhclient) resolv_in "$2" dhclient -4 -nw -pf "$PIDFILE" -lf "$LEASEFILE" "$3" >"$log" 2>&1 9>&- ;;
     dhcpcd) resolv_in "$2" dhcpcd -4 -b -A -C hostname "$3" >"$log" 2>&1 9>&- ;;
@@ -337,16 +204,328 @@ has_lease() {  # $1 client, $2 key, $3 interface
     *) [[ -s $LEASEFILE ]] ;;
   esac
 }
-save_uplink() {  # what the uplink carries and who runs it, before anything changes
-  mkdir -p "$STATE"
-  addresses_of "$UPLINK" >"$STATE/uplink.addr"
-  routes_of "$UPLINK" >"$STATE/uplink.route"
-  rules_of "$UPLINK" 4 >"$STATE/uplink.rule4"
-  rules_of "$UPLINK" 6 >"$STATE/uplink.rule6"
-  if [[ -n $MANAGER_PID ]]; then cp "/proc/$MANAGER_PID/cmdline" "$STATE/uplink.client"; fi
-  if [[ $MANAGER == NetworkManager ]]; then nmcli -g GENERAL.CON-UUID device show "$UPLINK" >"$STATE/uplink.connection"; fi
-  printf '%s\n' "$UPLINK" >"$STATE/uplink"
+udhcpc_script() {  # $1 directory: udhcpc's event script there
+  cat >"$1/udhcpc.script" <<'UDHCPC'
+#!/bin/sh
+# udhcpc event script written by multiip. It configures $interface in its namespace and writes the
+# DNS servers to $MULTIIP_RESOLV (/etc/netns/<ns>/resolv.conf) and the lease to $MULTIIP_LEASE,
+# never to /etc/resolv.conf. Addresses carry the lease's lifetime: renewed while this client runs.
+# For the host's own lease on the bridge (MULTIIP_HOST=1) it only renews the address, keeping its
+# flags (noprefixroute): the routes moved with the uplink, and the address stays until a new lease.
+# MULTIIP_AVOID: addresses a namespace must never take (ipvlan: the host's own, which a server that
+# ignores client ids offers to the host's MAC). Being torn down (the teardown leaves this mark): the
+# namespace goes next, nothing to undo.
+[ ! -e "${MULTIIP_LEASE%/*}/stopping" ] || exit 0
+case "$1" in
+  deconfig)
+    [ -z "$MULTIIP_HOST" ] || exit 0
+    ip -4 address flush dev "$interface"
+    ip link set dev "$interface" up
+    rm -f "$MULTIIP_LEASE"
+    ;;
+  bound|renew)
+    case " $MULTIIP_AVOID " in *" $ip "*)  # the host's own address, offered to a namespace: never taken
+      echo "$ip" >"$MULTIIP_LEASE.clash"
+      kill -KILL "$PPID"  # no release either: the lease is the host's
+      exit 0 ;;
+    esac
+    flags=""
+    if [ -n "$MULTIIP_HOST" ]; then
+      case " $(ip -4 -o address show dev "$interface" to "$ip/32") " in *" noprefixroute "*) flags=noprefixroute ;; esac
+    else
+      old=$(ip -4 -o address show dev "$interface" | awk '{print $4; exit}')
+      [ "$old" = "$ip/$mask" ] || ip -4 address flush dev "$interface"
+    fi
+    # shellcheck disable=SC2086 # flags: none or one word
+    ip address replace "$ip/$mask" broadcast "${broadcast:-+}" valid_lft "${lease:-forever}" \
+      preferred_lft "${lease:-forever}" $flags dev "$interface"
+    if [ -z "$MULTIIP_HOST" ] && [ -n "$router" ]; then ip route replace default via "${router%% *}" dev "$interface"; fi
+    resolv=""
+    [ -z "$domain" ] || resolv="search $domain
+"
+    for server in $dns; do resolv="${resolv}nameserver $server
+"; done
+    printf '%s' "$resolv" >"$MULTIIP_RESOLV"  # in place: keeps the file any bind mount holds
+    now=$(date +%s)
+    printf 'ipv4=%s/%s\nrouter=%s\nserver=%s\nlease=%s\nobtained=%s\nexpires=%s\n' \
+      "$ip" "$mask" "${router%% *}" "$serverid" "$lease" "$now" "$((now + ${lease:-0}))" >"$MULTIIP_LEASE.new"
+    mv -f "$MULTIIP_LEASE.new" "$MULTIIP_LEASE"
+    ;;
+  leasefail|nak) echo "udhcpc: $1 on $interface: ${message:-no lease}" >&2 ;;
+esac
+exit 0
+UDHCPC
+  chmod 0755 "$1/udhcpc.script"
 }
+
+# describe DEV prints what DEV carries, one item per line, with DEV written as @ (so the same lines
+# describe it on the bridge, and back):
+#   conf FAMILY KEY VALUE    a per-interface setting that goes with the addresses (rp_filter, accept_ra, ...)
+#   addr ARGS [ends V P]     `ip address replace` arguments, the label as @:x; V, P: when its lifetimes
+#                            end (epoch seconds, - for forever); none: a permanent address
+#   nexthop ARGS             a nexthop object over DEV (routes with nhid follow it)
+#   route FAMILY ARGS        a route over DEV in any table: multipath, nhid, onlink, src, metric, proto,
+#                            expires (as an epoch) as `ip route` prints them
+#   rule FAMILY ARGS         an ip rule that names DEV (iif, oif)
+# Not described, because the kernel makes them again with the addresses: link-local and host-scope
+# addresses, IPv6 privacy (temporary) addresses, the routes of table local and proto kernel.
+CONF_KEYS=(ipv4/rp_filter ipv4/arp_ignore ipv4/arp_announce ipv4/arp_filter ipv4/accept_redirects
+  ipv4/send_redirects ipv4/proxy_arp ipv4/log_martians ipv6/disable_ipv6 ipv6/accept_ra ipv6/accept_ra_defrtr
+  ipv6/accept_ra_pinfo ipv6/autoconf ipv6/use_tempaddr ipv6/stable_secret ipv6/addr_gen_mode ipv6/accept_redirects)
+describe_addresses() {  # $1 device, $2 now (epoch seconds)
+  ip -o address show dev "$1" | tr -d '\\' | awk -v dev="$1" -v now="$2" '
+    ($3 != "inet" && $3 != "inet6") || / scope (link|host) / || / temporary / { next }
+    { out = "addr " $4; ends = ""
+      for (i = 5; i <= NF; i++) {
+        if ($i == "brd" || $i == "metric") { out = out " " $i " " $(i + 1); i++ }
+        else if ($i == "valid_lft" || $i == "preferred_lft") {
+          v = $(i + 1); sub(/sec$/, "", v); ends = ends " " (v == "forever" ? "-" : now + v); i++ }
+        else if ($i ~ /^(noprefixroute|nodad|home|optimistic|mngtmpaddr)$/) out = out " " $i
+        else if (index($i, dev ":") == 1) out = out " label @" substr($i, length(dev) + 1)
+      }
+      print out (ends == " - -" ? "" : " ends" ends) }'
+}
+describe() {  # $1 device
+  local key value now
+  now=$(date +%s)
+  for key in "${CONF_KEYS[@]}"; do
+    value=$(cat "/proc/sys/net/${key%%/*}/conf/$1/${key#*/}" 2>/dev/null) || continue  # stable_secret: unset
+    printf 'conf %s %s %s\n' "${key%%/*}" "${key#*/}" "$value"
+  done
+  describe_addresses "$1" "$now"
+  ip -o nexthop show 2>/dev/null | awk -v dev="$1" '
+    { named = 0; out = "nexthop"
+      for (i = 1; i <= NF; i++)
+        if ($i == "dev" && $(i + 1) == dev) { named = 1; out = out " dev @"; i++ }
+        else if ($i == "scope") i++
+        else out = out " " $i
+      if (named) print out }'
+  for family in 4 6; do
+    ip "-$family" -o route show table all | tr -d '\\' | awk -v dev="$1" -v family="$family" -v now="$now" '
+      / table local / || / proto kernel / || / cache / { next }
+      /^(multicast|local|broadcast|anycast|unreachable|prohibit|blackhole|throw) / { next }
+      { named = 0; nh = 0
+        for (i = 1; i < NF; i++) { if ($i == "dev" && $(i + 1) == dev) named = 1; if ($i == "nhid") nh = 1 }
+        if (!named) next
+        out = ""
+        for (i = 1; i <= NF; i++) {
+          if ($i ~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|rt_offload_failed|notify|pervasive)$/) continue
+          if (nh && ($i == "via" || $i == "dev" || $i == "weight")) { i++; continue }  # the nexthop object has them
+          if (nh && $i == "nexthop") continue
+          if ($i == "dev" && $(i + 1) == dev) { out = out " dev @"; i++; continue }
+          if ($i == "expires") { v = $(i + 1); sub(/sec$/, "", v); out = out " expires " (now + v); i++; continue }
+          out = out " " $i }
+        if (/ via /) later[++n] = "route " family out; else print "route " family out }  # gateways last
+      END { for (i = 1; i <= n; i++) print later[i] }'
+  done
+  for family in 4 6; do
+    ip "-$family" rule show | awk -v dev="$1" -v family="$family" '{
+      named = 0
+      for (i = 2; i < NF; i++) if (($i == "iif" || $i == "oif") && $(i + 1) == dev) named = 1
+      if (!named) next
+      sub(/:$/, "", $1); out = "rule " family " pref " $1
+      for (i = 2; i <= NF; i++)
+        if ($i ~ /^\[(detached|unresolved)\]$/) continue
+        else if (($i == "iif" || $i == "oif") && $(i + 1) == dev) { out = out " " $i " @"; i++ }
+        else out = out " " $i
+      print out }'
+  done
+}
+at() {  # $1 a described line, $2 device: the line naming the device where it says @
+  local line=" $1 "
+  line=${line// dev @ / dev $2 }
+  line=${line// iif @ / iif $2 }
+  line=${line// oif @ / oif $2 }
+  line=${line// label @/ label $2}
+  line=${line# }
+  printf '%s' "${line% }"
+}
+# carry FILE FROM TO (FROM may be TO: what it lacks, added): sets CARRY (`ip -batch` lines) and CARRY6 (`ip -6 -batch`: IPv6 rules) that give TO
+# what FILE describes and take its addresses and rules off FROM, and writes FILE's settings to TO's
+# sysctls. An address with lifetimes keeps what it has left where it is now (FROM: a DHCP client or the
+# kernel renewed it there), or what the description says is left; one whose lifetime is over stays gone.
+carry() {
+  local file=$1 from=$2 to=$3 now kind rest line address family key value valid preferred
+  local -A current=()
+  local addrs4="" addrs6="" nexthops="" routes="" gone=""
+  now=$(date +%s)
+  while read -r _ address rest; do current[$address]="$address $rest"; done < <(describe_addresses "$from" "$now")
+  CARRY="" CARRY6=""
+  while read -r kind rest; do
+    case $kind in
+      conf)
+        read -r family key value <<<"$rest"
+        printf '%s\n' "$value" 2>/dev/null >"/proc/sys/net/$family/conf/$to/$key" || true ;;
+      addr)
+        address=${rest%% *}
+        line=${current[$address]:-$rest}
+        if [[ $line == *" ends "* ]]; then
+          read -r valid preferred <<<"${line##* ends }"
+          line=${line% ends *}
+          [[ $valid == - ]] || { ((valid > now)) || continue; line+=" valid_lft $((valid - now))"; }
+          [[ $preferred == - ]] || line+=" preferred_lft $((preferred > now ? preferred - now : 0))"
+        fi
+        line="address replace $(at "$line" "$to") dev $to"$'\n'
+        if [[ $address == *:* ]]; then addrs6=$line$addrs6; else addrs4+=$line; fi  # the order ip lists them in
+        [[ $from == "$to" ]] || gone="address del $address dev $from"$'\n'$gone ;;  # secondaries before their primary
+      nexthop) nexthops+="nexthop replace $(at "$rest" "$to")"$'\n' ;;
+      route)
+        family=${rest%% *} line=${rest#* }
+        [[ $family != 6 || $line != default\ * ]] || line="::/0 ${line#default }"
+        if [[ $line =~ ^(.*)\ expires\ ([0-9]+)(.*)$ ]]; then
+          ((BASH_REMATCH[2] > now)) || continue
+          line="${BASH_REMATCH[1]} expires $((BASH_REMATCH[2] - now))${BASH_REMATCH[3]}"
+        fi
+        routes+="route replace $(at "$line" "$to")"$'\n' ;;
+      rule)
+        family=${rest%% *} line="rule add $(at "${rest#* }" "$to")"$'\n'
+        [[ $from == "$to" ]] || line="rule del $(at "${rest#* }" "$from")"$'\n'$line
+        if [[ $family == 6 ]]; then CARRY6+=$line; else CARRY+=$line; fi ;;
+    esac
+  done <"$file"
+  # the prefix routes the kernel made for FROM's IPv6 addresses with lifetimes outlive them: they go too
+  [[ $from == "$to" ]] || while read -r line; do gone="route del $line dev $from"$'\n'$gone; done < <(
+    ip -6 -o route show dev "$from" proto kernel |
+      awk '$1 != "fe80::/64" { m = 256; for (i = 2; i < NF; i++) if ($i == "metric") m = $(i + 1); print $1, "proto kernel metric", m }')
+  CARRY=$addrs4$addrs6$nexthops$routes$CARRY$gone
+}
+# The lines of FILE the device does not carry now (lifetimes and expiry times aside; not what expired).
+lacks() {  # $1 file, $2 device
+  local -A has=()
+  local line valid now
+  now=$(date +%s)
+  while read -r line; do has[$line]=1; done < <(describe "$2" | sed 's/ ends .*//; s/ expires [0-9]*//')
+  while read -r line; do
+    case $line in conf\ *) continue ;; esac
+    if [[ $line =~ \ (ends|expires)\ ([0-9]+) ]]; then valid=${BASH_REMATCH[2]}; ((valid > now)) || continue; fi
+    [[ -n ${has[$(sed 's/ ends .*//; s/ expires [0-9]*//' <<<"$line")]:-} ]] || printf '%s\n' "$line"
+  done <"$1"
+}
+as_command() {  # $1 a described line, $2 device: the command that puts it on the device
+  local kind=${1%% *} rest=${1#* }
+  case $kind in
+    addr) printf 'ip address replace %s dev %s' "$(at "${rest% ends *}" "$2")" "$2" ;;
+    nexthop) printf 'ip nexthop replace %s' "$(at "$rest" "$2")" ;;
+    route) printf 'ip -%s route replace %s' "${rest%% *}" "$(at "$(sed 's/ expires [0-9]*//' <<<"${rest#* }")" "$2")" ;;
+    rule) printf 'ip -%s rule add %s' "${rest%% *}" "$(at "${rest#* }" "$2")" ;;
+  esac
+}
+PROBLEMS=()  # what could not be put back, each with the command that does it
+report_problems() {
+  local problem
+  for problem in "${PROBLEMS[@]}"; do say "could not put back: $problem"; done
+}
+# The uplink out of the bridge, with everything the description gives it, in one `ip -batch` that goes
+# on past any error (so the host is without its address for as short a time as possible). Without the
+# bridge's record (it was deleted) the description is what the bridge carries now.
+restore_uplink() {
+  if [[ ! -s $BRIDGE_STATE/carry ]]; then
+    safe_dir "$BRIDGE_STATE"
+    describe "$BRIDGE" >"$BRIDGE_STATE/carry"
+  fi
+  carry "$BRIDGE_STATE/carry" "$BRIDGE" "$UPLINK"
+  ip -force -batch - <<<"link set dev $UPLINK nomaster"$'\n'"$CARRY""link set dev $UPLINK up" >/dev/null 2>&1 || true
+  [[ -z $CARRY6 ]] || ip -6 -force -batch - <<<"$CARRY6" >/dev/null 2>&1 || true
+  [[ -z $(link_master "$UPLINK") ]] || PROBLEMS+=("$UPLINK is still a port of $BRIDGE: ip link set dev $UPLINK nomaster")
+}
+# What the uplink carried and lacks now, added; then what it still lacks is a problem. With a manager,
+# its leased addresses are its own to renew (an old lease's address is not put back).
+complete_uplink() {
+  local file=$BRIDGE_STATE/carry.lacking line
+  lacks "$BRIDGE_STATE/carry" "$UPLINK" | { if [[ $MANAGER == none ]]; then cat; else grep -v '^addr .* ends ' || true; fi; } >"$file"
+  [[ -s $file ]] || return 0
+  carry "$file" "$UPLINK" "$UPLINK"
+  ip -force -batch - <<<"$CARRY" >/dev/null 2>&1 || true
+  [[ -z $CARRY6 ]] || ip -6 -force -batch - <<<"$CARRY6" >/dev/null 2>&1 || true
+  while read -r line; do PROBLEMS+=("$UPLINK lacks ${line}: $(as_command "$line" "$UPLINK")"); done < <(lacks "$file" "$UPLINK")
+}
+
+# MANAGER is none, NetworkManager, systemd-networkd, or the DHCP client (dhclient, dhcpcd, udhcpc) that
+# runs on the uplink. While the setup lives, the manager leaves the uplink, the bridge and its ports
+# alone, and the host's lease is renewed on the bridge by a udhcpc of ours, with the client id the
+# manager used (the bridge carries the uplink's MAC: the server sees the same client); then the manager
+# gets the uplink back as it had it. A manager is never stopped for the whole host. What belongs to the
+# uplink's handover is the bridge's ($BRIDGE_STATE), not a setup's: it goes with the last setup on it.
+NM_CONF=/run/NetworkManager/conf.d/90-multiip-$PREFIX.conf  # this setup's ports
+NETWORKD_FILE=/run/systemd/network/00-multiip-$PREFIX.network
+bridge_record() {  # what follows from BRIDGE (a teardown learns it from the record): its record, its manager's files
+  BRIDGE_STATE=${STATE%/*}/.bridge-$BRIDGE
+  NM_BRIDGE_CONF=/run/NetworkManager/conf.d/90-multiip-bridge-$BRIDGE.conf  # the bridge and the uplink
+  NETWORKD_BRIDGE_FILE=/run/systemd/network/00-multiip-bridge-$BRIDGE.network
+}
+bridge_record
+leave_alone() {  # $1 manager, $2 which file (setup: this setup's ports; bridge: the bridge and the uplink), $3 names (globs); none: remove it
+  local file
+  case $1 in
+    NetworkManager)
+      file=$NM_CONF
+      [[ $2 == setup ]] || file=$NM_BRIDGE_CONF
+      if [[ -n $3 ]]; then
+        mkdir -p "${file%/*}"
+        printf '[device-multiip-%s]\nmatch-device=interface-name:%s\nmanaged=0\n' "${file##*/90-multiip-}" "${3// /;interface-name:}" >"$file"
+      else rm -f "$file"
+      fi
+      nmcli general reload conf ;;
+    systemd-networkd)
+      file=$NETWORKD_FILE
+      [[ $2 == setup ]] || file=$NETWORKD_BRIDGE_FILE
+      if [[ -n $3 ]]; then
+        mkdir -p "${file%/*}"
+        printf '[Match]\nName=%s\n\n[Link]\nUnmanaged=yes\n' "$3" >"$file"
+      else rm -f "$file"
+      fi
+      networkctl reload ;;
+  esac
+}
+networkd_state() {  # $1 interface: networkd's SETUP state of it (configured, configuring, unmanaged, ...)
+  networkctl list --no-legend --no-pager "$1" 2>/dev/null | awk '{ print $5 }'
+}
+# Undo the uplink's handover (also a half one), every part of it even when one fails: our renewer
+# goes (no release), the manager has the uplink back as it had it, and what it does not make itself
+# (other addresses, routes in other tables, rules) is completed from the description. What could not
+# be done is said with the command that does it (PROBLEMS).
+give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, while it exists)
+  local argv=() pid w state
+  client_pid udhcpc host "$BRIDGE"
+  if [[ -n $PID ]]; then
+    kill -TERM "$PID" 2>/dev/null || true
+    for ((w = 0; w < 50; w++)); do alive "$PID" || break; sleep 0.1; done
+  fi
+  case $MANAGER in
+    NetworkManager)
+      leave_alone NetworkManager bridge "$1" || PROBLEMS+=("NetworkManager did not reload its configuration: nmcli general reload conf")
+      nmcli device set "$UPLINK" managed yes || PROBLEMS+=("NetworkManager does not manage $UPLINK again: nmcli device set $UPLINK managed yes")
+      if [[ -s $BRIDGE_STATE/manager.connection ]]; then  # active again, as it was
+        nmcli --wait 30 connection up uuid "$(<"$BRIDGE_STATE/manager.connection")" >/dev/null ||
+          PROBLEMS+=("NetworkManager did not bring $UPLINK's connection up: nmcli connection up uuid $(<"$BRIDGE_STATE/manager.connection")")
+      fi ;;
+    systemd-networkd)
+      # networkd 252 forgets the link's addresses when it leaves a bridge, and then waits for an IPv6
+      # link-local address it believes is missing: announcing it again lets it finish configuring
+      ip -6 -o address show dev "$UPLINK" scope link | awk '{ print $4 }' |
+        while read -r address; do ip -6 address replace "$address" dev "$UPLINK" scope link || true; done
+      leave_alone systemd-networkd bridge "$1" || PROBLEMS+=("systemd-networkd did not reload: networkctl reload")
+      for ((w = 0; w < 10 * (30 + LEASE_TIMEOUT); w++)); do
+        state=$(networkd_state "$UPLINK")
+        [[ $state == configuring || $state == unmanaged || $state == pending || $state == initialized ]] || break
+        sleep 0.1
+      done
+      [[ $state == configured ]] || PROBLEMS+=("systemd-networkd has $UPLINK $state, not configured: networkctl status $UPLINK; networkctl reconfigure $UPLINK") ;;
+    dhclient | dhcpcd | udhcpc)
+      if [[ -s $BRIDGE_STATE/manager.client ]]; then
+        mapfile -d '' -t argv <"$BRIDGE_STATE/manager.client"
+        for pid in /proc/[0-9]*; do  # running already (given back before)
+          [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || argv=()
+        done
+        if ((${#argv[@]} > 0)); then
+          (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 9>&- &) || PROBLEMS+=("$MANAGER did not start again: ${argv[*]}")
+        fi
+      fi ;;
+  esac
+  complete_uplink
+  [[ $MANAGER == none ]] || say "$MANAGER manages $UPLINK again"
+}
+
 # Who manages the uplink: NetworkManager or systemd-networkd (running in this network namespace and
 # managing it), a DHCP client running on it, or nothing. Sets MANAGER and, for a client, MANAGER_PID.
 find_manager() {
@@ -384,13 +563,120 @@ find_manager() {
     esac
   done
 }
+# The DHCP client id the manager sends for the uplink (so our renewer sends the same and the server
+# sees one client): hex, "-" for none (the server then goes by the MAC alone), empty for no DHCP.
+manager_client_id() {
+  local -a args=()
+  local word take="" id=""
+  case $MANAGER in
+    systemd-networkd)  # the whole option 61, type byte included (ff, IAID, DUID); the file goes with the lease
+      sed -n 's/^CLIENTID=//p' "/run/systemd/netif/leases/$(ip -o link show dev "$UPLINK" | cut -d: -f1)" 2>/dev/null ;;
+    NetworkManager)  # as its DHCP client reports it (01:MAC unless ipv4.dhcp-client-id says otherwise)
+      nmcli -f DHCP4 device show "$UPLINK" 2>/dev/null | awk '/dhcp_client_identifier/ { gsub(":", "", $NF); print $NF }' ;;
+    udhcpc | dhclient | dhcpcd)
+      mapfile -d '' -t args <"/proc/$MANAGER_PID/cmdline"
+      for word in "${args[@]}"; do  # udhcpc -x 0x3d:HEX / -x 61:HEX, or -C for none; dhclient -lf FILE
+        if [[ -n $take ]]; then
+          case $take in x) [[ $word != @(0x3d|61|0x3D):* ]] || id=${word#*:} ;; lf) LEASES=$word ;; esac
+          take=""
+        fi
+        case $word in -x) take=x ;; -lf) take=lf ;; -C) id=- ;; esac
+      done
+      if [[ $MANAGER == udhcpc ]]; then  # its default: 01 and the MAC
+        printf '%s\n' "${id:-01$(ip -o link show dev "$UPLINK" | sed -n 's/.* link\/ether \([^ ]*\) .*/\1/p' | tr -d :)}"
+      elif [[ $MANAGER == dhclient && -n ${LEASES:-} ]] && grep -q 'dhcp-client-identifier' "$LEASES" 2>/dev/null; then
+        # the server echoes it into the lease file: option dhcp-client-identifier 1:2:0:c6:12:0:2;
+        id=$(awk '/option dhcp-client-identifier/ { v = $3 } END { sub(/;$/, "", v); print v }' "$LEASES")
+        for word in ${id//:/ }; do printf '%02x' "0x$word"; done
+        echo
+      else
+        echo -  # dhclient sends none unless told (Debian's dhclient.conf does not)
+      fi ;;
+  esac
+}
+# The manager lets go of the uplink, for the setup's life, without deconfiguring it.
+hand_over() {
+  local pid
+  local -a argv=()
+  case $MANAGER in
+    NetworkManager)  # unmanaged, NetworkManager leaves a device's configuration as it is
+      leave_alone NetworkManager bridge "$BRIDGE $UPLINK"
+      nmcli device set "$UPLINK" managed no ;;
+    systemd-networkd) ;;  # after the move (let_go): told first, it would delete what it configured
+    none) ;;
+    *)  # the client that runs on the uplink stops without a release or its script: the address stays
+      mapfile -d '' -t argv <"$BRIDGE_STATE/manager.client"
+      for pid in /proc/[0-9]*; do
+        [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || kill -KILL "${pid#/proc/}" 2>/dev/null || true
+      done ;;
+  esac
+}
+# After the move, systemd-networkd lets go of the uplink: once it has nothing left there to delete (the
+# addresses moved with their routes), and it says "unmanaged" when it has done so.
+let_go() {
+  local w
+  [[ $MANAGER == systemd-networkd ]] || return 0
+  leave_alone systemd-networkd bridge "$BRIDGE $UPLINK"
+  for ((w = 0; w < 100; w++)); do
+    [[ $(networkd_state "$UPLINK") != unmanaged ]] || return 0
+    sleep 0.1
+  done
+  die "systemd-networkd did not let go of $UPLINK within 10 s (networkctl status $UPLINK says: $(networkd_state "$UPLINK"))"
+}
+# The host's lease on the bridge, renewed by a udhcpc of ours with the manager's client id (started once
+# the manager has let go, so a release of the manager's own cannot cancel it).
+renew_on_bridge() {
+  local id
+  read -r id <"$BRIDGE_STATE/client-id" || id=""
+  printf '%s\n' udhcpc >"$BRIDGE_STATE/host.client"
+  dhcp_start udhcpc host "$BRIDGE" "$(awk '$1 == "addr" && $2 !~ /:/ { sub(/\/.*/, "", $2); print $2; exit }' "$BRIDGE_STATE/carry")" "$id"
+  wait_for_host_lease udhcpc
+}
+wait_for_host_lease() {  # $1 client
+  local w
+  for ((w = 0; w < LEASE_TIMEOUT * 10; w++)); do
+    if has_lease "$1" host "$BRIDGE"; then
+      say "the host's lease is renewed on $BRIDGE by $1 (pid file $BRIDGE_STATE/host.pid)"
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "no DHCP lease for the host on $BRIDGE within ${LEASE_TIMEOUT}s"
+}
+# If anything of the move fails or it is interrupted: the uplink back as it was, and to its manager.
+put_back() {
+  say "putting $UPLINK back as it was"
+  restore_uplink
+  give_back_to_manager "$BRIDGE"
+  report_problems
+}
 
 COUNT=20
 DHCP=auto                 # udhcpc|dhclient|dhcpcd, or auto: the first installed where this runs
-LEASE_TIMEOUT=30           # seconds to wait for every lease
+LEASE_TIMEOUT=30           # seconds to wait for every lease (and the host's own)
 PORT_RANGE=(1024 65535)    # ip_local_port_range inside every namespace
 
-step 1/6 "preflight: root, tools, uplink"
+# Each namespace needs ARP entries (its gateway, the server if it is on the LAN) and one broadcast
+# reaches every other namespace's link at once: the host-wide limits, and what this count needs of them.
+HOST_LIMITS=(net/ipv4/neigh/default/gc_thresh1 net/ipv4/neigh/default/gc_thresh2
+  net/ipv4/neigh/default/gc_thresh3 net/core/netdev_max_backlog)
+NEED=(
+  [0]=$((COUNT + 128)) [1]=$((2 * COUNT + 256)) [2]=$((2 * COUNT + 256)) [3]=$((2 * COUNT + 128))
+)
+check_host_limits() {
+  local k short="" have_value
+  if [[ -r $SYSCTL/${HOST_LIMITS[2]} && -r $SYSCTL/${HOST_LIMITS[3]} ]]; then
+    for k in 2 3; do
+      read -r have_value <"$SYSCTL/${HOST_LIMITS[k]}"
+      if ((have_value < NEED[k])); then short+=" ${HOST_LIMITS[k]//\//.}=$have_value (needs ${NEED[k]})"; fi
+    done
+    [[ -z $short ]] || die "$COUNT namespaces outgrow host-wide limits:$short; ARP entries and DHCP broadcasts would be dropped. Pass --tune-host to raise them for this setup (down restores them), or raise them yourself"
+  elif ((COUNT >= 500)); then
+    say "cannot see the host-wide gc_thresh3 and netdev_max_backlog from here: the host's must fit $COUNT namespaces"
+  fi
+}
+
+step 1/6 "preflight: root, tools, uplink, who manages it"
 need_root
 need_tool ip iproute2
 need_tool nsenter util-linux
@@ -400,7 +686,6 @@ take_lock
 read_record
 if ((${#RECORD[@]} > 0)); then  # running again: the same setup, or refuse
   [[ ${RECORD[MODE]:-bridge} == bridge ]] || die "prefix $PREFIX is set up with --mode ${RECORD[MODE]:-bridge}: take it down first to change that"
-  [[ ${RECORD[BRIDGE]} == "$BRIDGE" ]] || die "prefix $PREFIX is already set up on bridge ${RECORD[BRIDGE]}"
   [[ ${RECORD[COUNT]} == "$COUNT" ]] || die "prefix $PREFIX is set up with ${RECORD[COUNT]} namespaces: take it down first to change that"
   [[ -n $UPLINK ]] || UPLINK=${RECORD[UPLINK]}
   if [[ $DHCP != "${RECORD[DHCP]}" ]]; then
@@ -409,7 +694,7 @@ if ((${#RECORD[@]} > 0)); then  # running again: the same setup, or refuse
   fi
 fi
 if [[ $DHCP == auto ]]; then
-  for candidate in udhcpc dhclient dhcpcd; do  # udhcpc first: 2.0 MiB RSS per namespace here, dhclient 3.5, dhcpcd 6.9
+  for candidate in udhcpc dhclient dhcpcd; do  # udhcpc first: the least memory per namespace (README)
     if command -v "$candidate" >/dev/null 2>&1; then DHCP=$candidate; break; fi
   done
   [[ $DHCP != auto ]] || die "no DHCP client found: install udhcpc, isc-dhcp-client or dhcpcd-base, or use --dhcp none"
@@ -419,9 +704,17 @@ case $DHCP in
   dhclient) need_tool dhclient isc-dhcp-client ;;
   dhcpcd) need_tool dhcpcd dhcpcd-base ;;
 esac
-# What exists already: namespaces, links and their masters (one listing each, not one `ip` per name).
+# What exists already: namespaces (one listing, not one `ip` per name); a new setup's names must be free.
 declare -A have=()
 while read -r name _; do have[$name]=1; done < <(ip netns list)
+if ((${#RECORD[@]} == 0)); then
+  for ((i = 0; i < COUNT; i++)); do
+    [[ -z ${have[$PREFIX$i]:-} ]] || die "namespace $PREFIX$i exists and is not from a setup of prefix $PREFIX: choose another --prefix"
+  done
+fi
+if ((${#RECORD[@]} > 0)); then
+  [[ ${RECORD[BRIDGE]} == "$BRIDGE" ]] || die "prefix $PREFIX is already set up on bridge ${RECORD[BRIDGE]}"
+fi
 declare -A links=() masters=()
 while read -r _ name rest; do
   name=${name%:}
@@ -429,23 +722,17 @@ while read -r _ name rest; do
   links[$name]=1
   if [[ $rest =~ \ master\ ([^ ]+) ]]; then masters[$name]=${BASH_REMATCH[1]}; fi
 done < <(ip -o link show)
-if ((${#RECORD[@]} == 0)); then  # a new setup: names that exist already belong to something else
+if ((${#RECORD[@]} == 0)); then
   for ((i = 0; i < COUNT; i++)); do
-    [[ -z ${have[$PREFIX$i]:-} ]] || die "namespace $PREFIX$i exists and is not from a setup of prefix $PREFIX: choose another --prefix"
     [[ -z ${links[$PORT$i]:-} ]] || die "interface $PORT$i exists and is not from a setup of prefix $PREFIX: choose another --prefix"
   done
 fi
 find_uplink
-SHARED_STATE=""  # another setup's state directory, when this one joins its bridge
-if [[ $UPLINK == "$BRIDGE" ]]; then  # another setup already moved the uplink into this bridge: its record says which
-  for env in "${STATE%/*}"/*/setup.env; do
-    [[ -r $env ]] && grep -qx "BRIDGE=$BRIDGE" "$env" || continue
-    UPLINK=$(sed -n 's/^UPLINK=//p' "$env")
-    SHARED_STATE=${env%/setup.env}
-    break
-  done
-  [[ $UPLINK != "$BRIDGE" ]] || die "the default route already leaves by $BRIDGE: name the uplink with --uplink"
+if [[ $UPLINK == "$BRIDGE" ]]; then  # another setup already moved the uplink into this bridge: the bridge's record says which
+  [[ -s $BRIDGE_STATE/uplink ]] || die "the default route already leaves by $BRIDGE, which no multiip setup recorded: name the uplink with --uplink"
+  read -r UPLINK <"$BRIDGE_STATE/uplink"
   link_exists "$UPLINK" || die "uplink $UPLINK does not exist"
+  MTU=$(ip -o link show dev "$UPLINK" | sed -n 's/.* mtu \([0-9]*\) .*/\1/p')
 fi
 ip -o link show dev "$UPLINK" | grep -q ' link/ether ' || die "uplink $UPLINK is not an Ethernet device"
 if is_wifi "$UPLINK"; then
@@ -460,25 +747,23 @@ UPLINK_MASTER=$(link_master "$UPLINK")
 if link_exists "$BRIDGE" && ! ip -d -o link show dev "$BRIDGE" | grep -q ' bridge '; then
   die "$BRIDGE exists and is not a bridge"
 fi
-# A bridge that exists is used only if a multiip setup made it (its record says so) or it is empty (no
-# address, no port; then down leaves it): Docker's, libvirt's or the host's own bridge is never taken.
-BRIDGE_MADE=${RECORD[BRIDGE_MADE]:-}
+# A bridge that exists is used only if a multiip setup made it (the bridge's record says so) or it is
+# empty (no address, no port; then down leaves it): Docker's, libvirt's or the host's own is never taken.
+BRIDGE_MADE=""
+[[ ! -s $BRIDGE_STATE/made ]] || read -r BRIDGE_MADE <"$BRIDGE_STATE/made"
 if [[ -z $BRIDGE_MADE ]] && link_exists "$BRIDGE"; then
-  for env in "${STATE%/*}"/*/setup.env; do
-    if [[ -r $env ]] && grep -qx "BRIDGE=$BRIDGE" "$env" && grep -qx "BRIDGE_MADE=1" "$env"; then BRIDGE_MADE=1; fi
-  done
-  if [[ -z $BRIDGE_MADE ]]; then
-    ports=$(ip -o link show master "$BRIDGE" | awk '{ sub(/:$/, "", $2); sub(/@.*/, "", $2); printf " %s", $2 }')
-    addresses=$(ip -o address show dev "$BRIDGE" scope global | awk '{ printf " %s", $4 }')
-    [[ -z $ports$addresses ]] || die "bridge $BRIDGE exists and no multiip setup made it (ports:${ports:- none}; addresses:${addresses:- none}): it is not taken over; choose another --bridge"
-    BRIDGE_MADE=0
-    say "bridge $BRIDGE exists and is empty: the setup uses it and down leaves it in place"
-  fi
+  ports=$(ip -o link show master "$BRIDGE" | awk '{ sub(/:$/, "", $2); sub(/@.*/, "", $2); printf " %s", $2 }')
+  addresses=$(ip -o address show dev "$BRIDGE" scope global | awk '{ printf " %s", $4 }')
+  [[ -z $ports$addresses ]] || die "bridge $BRIDGE exists and no multiip setup made it (ports:${ports:- none}; addresses:${addresses:- none}): it is not taken over; choose another --bridge"
+  BRIDGE_MADE=0
+  say "bridge $BRIDGE exists and is empty: the setup uses it and down leaves it in place"
 fi
 [[ -n $BRIDGE_MADE ]] || BRIDGE_MADE=1
-if [[ $UPLINK_MASTER == "$BRIDGE" ]]; then  # moved already: by this setup (its record) or the one sharing the bridge
-  MANAGER=${RECORD[MANAGER]:-none} MANAGER_PID=""
-  [[ -z $SHARED_STATE || ${RECORD[MANAGER]:-} ]] || MANAGER=$(sed -n 's/^MANAGER=//p' "$SHARED_STATE/setup.env")
+if [[ -e $BRIDGE_STATE/manager ]]; then  # the bridge has the uplink already (or a move that did not finish): its record says who manages it
+  read -r MANAGER <"$BRIDGE_STATE/manager"
+  MANAGER_PID=""
+elif [[ $UPLINK_MASTER == "$BRIDGE" ]]; then
+  die "uplink $UPLINK is in $BRIDGE, and no multiip setup recorded moving it: take it out first (ip link set dev $UPLINK nomaster)"
 else
   find_manager
 fi
@@ -488,12 +773,19 @@ case $MANAGER in
   *) handover="$MANAGER (pid ${MANAGER_PID:-?}) runs on it: it is stopped without a release, a udhcpc of ours renews the host's lease on $BRIDGE, and down starts it again as it ran" ;;
 esac
 [[ -e /run/network/ifstate ]] && grep -q "^$UPLINK=" /run/network/ifstate && handover+=" (configured by ifupdown)"
-say "uplink $UPLINK: $handover"
+say "uplink $UPLINK: $handover; the namespaces take its MTU ($MTU)"
 [[ $MANAGER == none ]] || need_tool udhcpc udhcpc
+# Where br_netfilter is loaded (Docker does it), bridged frames go through iptables' FORWARD chain: with
+# its policy DROP, the namespaces' DHCP and traffic never cross the bridge, and the setup would time out.
+if [[ -r $SYSCTL/net/bridge/bridge-nf-call-iptables && $(<"$SYSCTL/net/bridge/bridge-nf-call-iptables") == 1 ]] &&
+  command -v iptables >/dev/null 2>&1 && iptables -S FORWARD 2>/dev/null | grep -qx -- '-P FORWARD DROP'; then
+  die "bridged frames go through iptables here (br_netfilter, as Docker sets it up) and FORWARD drops them: the namespaces would get no lease. Let the bridge through first: iptables -I FORWARD -i $BRIDGE -o $BRIDGE -j ACCEPT (or sysctl net.bridge.bridge-nf-call-iptables=0); nothing was changed"
+fi
+check_host_limits
 
-# Each namespace's MAC is derived from (uplink MAC, prefix, index): locally administered, unicast, the
-# same on every run, so the DHCP server (which keys leases by MAC and client id) gives a setup run again
-# after a crash or a reboot the leases it had, instead of new ones from a small pool.
+# Derived from (uplink MAC, prefix, index): locally administered, unicast, the same on every run, so
+# the DHCP server (which keys leases by MAC and client id) gives a setup run again after a crash or a
+# reboot the leases it had, instead of new ones from a small pool.
 UPLINK_MAC=$(ip -o link show dev "$UPLINK" | sed -n 's/.* link\/ether \([^ ]*\) .*/\1/p')
 seed="$UPLINK_MAC/$PREFIX" HASH=2166136261  # 32-bit FNV-1a of the pair
 for ((k = 0; k < ${#seed}; k++)); do
@@ -505,115 +797,60 @@ ns_mac() {  # $1 index: sets MAC
     $(( HASH >> 8 & 255 )) $(( HASH & 255 )) $(( $1 >> 8 & 255 )) $(( $1 & 255 ))
 }
 
-# Where br_netfilter is loaded (Docker does it), bridged frames go through iptables' FORWARD chain: with
-# its policy DROP, the namespaces' DHCP and traffic never cross the bridge, and the setup would time out.
-if [[ -r $SYSCTL/net/bridge/bridge-nf-call-iptables && $(<"$SYSCTL/net/bridge/bridge-nf-call-iptables") == 1 ]] &&
-  command -v iptables >/dev/null 2>&1 && iptables -S FORWARD 2>/dev/null | grep -qx -- '-P FORWARD DROP'; then
-  die "bridged frames go through iptables here (br_netfilter, as Docker sets it up) and FORWARD drops them: the namespaces would get no lease. Let the bridge through first: iptables -I FORWARD -i $BRIDGE -o $BRIDGE -j ACCEPT (or sysctl net.bridge.bridge-nf-call-iptables=0); nothing was changed"
-fi
-# Each namespace needs ARP entries (its gateway, the server if it is on the LAN) and one broadcast
-# reaches every bridge port at once: the host-wide limits, and what this count needs of them.
-HOST_LIMITS=(net/ipv4/neigh/default/gc_thresh1 net/ipv4/neigh/default/gc_thresh2
-  net/ipv4/neigh/default/gc_thresh3 net/core/netdev_max_backlog)
-NEED=(
-  [0]=$((COUNT + 128)) [1]=$((2 * COUNT + 256)) [2]=$((2 * COUNT + 256)) [3]=$((2 * COUNT + 128))
-)
-if [[ -r $SYSCTL/${HOST_LIMITS[2]} && -r $SYSCTL/${HOST_LIMITS[3]} ]]; then
-  short=""
-  for k in 2 3; do
-    read -r have_value <"$SYSCTL/${HOST_LIMITS[k]}"
-    if ((have_value < NEED[k])); then short+=" ${HOST_LIMITS[k]//\//.}=$have_value (needs ${NEED[k]})"; fi
-  done
-  [[ -z $short ]] || die "$COUNT namespaces outgrow host-wide limits:$short; ARP entries and DHCP broadcasts would be dropped. Pass --tune-host to raise them for this setup (down restores them), or raise them yourself"
-elif ((COUNT >= 500)); then
-  say "cannot see the host-wide gc_thresh3 and netdev_max_backlog from here: the host's must fit $COUNT namespaces"
-fi
-
-step 2/6 "record the setup in $STATE, save what $UPLINK carries"
+step 2/6 "record the setup in $STATE, describe what $UPLINK carries"
 safe_dir "$STATE"
-if [[ $UPLINK_MASTER != "$BRIDGE" ]]; then
-  save_uplink
-elif [[ ! -e $STATE/uplink && -n $SHARED_STATE ]]; then
-  cp "$SHARED_STATE"/uplink* "$STATE/"  # whoever goes last restores it
+safe_dir "$BRIDGE_STATE"
+if [[ ! -e $BRIDGE_STATE/manager ]]; then  # the first setup on this bridge: what the uplink carries, and who runs it
+  describe "$UPLINK" >"$BRIDGE_STATE/carry.new"
+  if [[ -n $MANAGER_PID ]]; then cp "/proc/$MANAGER_PID/cmdline" "$BRIDGE_STATE/manager.client"; fi
+  if [[ $MANAGER == NetworkManager ]]; then nmcli -g GENERAL.CON-UUID device show "$UPLINK" >"$BRIDGE_STATE/manager.connection"; fi
+  manager_client_id >"$BRIDGE_STATE/client-id"
+  printf '%s\n' "$UPLINK" >"$BRIDGE_STATE/uplink"
+  printf '%s\n' "$BRIDGE_MADE" >"$BRIDGE_STATE/made"
+  mv -f "$BRIDGE_STATE/carry.new" "$BRIDGE_STATE/carry"
+  udhcpc_script "$BRIDGE_STATE"
+  printf '%s\n' "$MANAGER" >"$BRIDGE_STATE/manager"  # last: with it, the record of the bridge is whole
 fi
 for ((i = 0; i < COUNT; i++)); do
   client_files "$DHCP" "$PREFIX$i" "$INSIDE$i"
   printf '%s %s %s %s %s\n' "$PREFIX$i" "$INSIDE$i" "$PORT$i" "$PIDFILE" "$LEASEFILE"
 done >"$STATE/namespaces"
 printf '%s\n' "PREFIX=$PREFIX" "MODE=bridge" "BRIDGE=$BRIDGE" "BRIDGE_MADE=$BRIDGE_MADE" \
-  "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" "MANAGER=$MANAGER" >"$STATE/setup.env.new"
+  "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" "MANAGER=$MANAGER" "MTU=$MTU" >"$STATE/setup.env.new"
 mv -f "$STATE/setup.env.new" "$STATE/setup.env"
-cat >"$STATE/udhcpc.script" <<'UDHCPC'
-#!/bin/sh
-# udhcpc event script written by multiip. It configures $interface in its namespace and writes the
-# DNS servers to $MULTIIP_RESOLV (/etc/netns/<ns>/resolv.conf) and the lease to $MULTIIP_LEASE,
-# never to /etc/resolv.conf. Addresses carry the lease's lifetime: renewed while this client runs.
-# For the host's own lease on the bridge (MULTIIP_HOST=1) it only renews the address, keeping its
-# flags (noprefixroute): the routes moved with the uplink, and the address stays until a new lease.
-# Being torn down (the teardown leaves this mark): the namespace goes next, nothing to undo.
-[ ! -e "${MULTIIP_LEASE%/*}/stopping" ] || exit 0
-case "$1" in
-  deconfig)
-    [ -z "$MULTIIP_HOST" ] || exit 0
-    ip -4 address flush dev "$interface"
-    ip link set dev "$interface" up
-    rm -f "$MULTIIP_LEASE"
-    ;;
-  bound|renew)
-    flags=""
-    if [ -n "$MULTIIP_HOST" ]; then
-      case " $(ip -4 -o address show dev "$interface" to "$ip/32") " in *" noprefixroute "*) flags=noprefixroute ;; esac
-    else
-      old=$(ip -4 -o address show dev "$interface" | awk '{print $4; exit}')
-      [ "$old" = "$ip/$mask" ] || ip -4 address flush dev "$interface"
-    fi
-    # shellcheck disable=SC2086 # flags: none or one word
-    ip address replace "$ip/$mask" broadcast "${broadcast:-+}" valid_lft "${lease:-forever}" \
-      preferred_lft "${lease:-forever}" $flags dev "$interface"
-    if [ -z "$MULTIIP_HOST" ] && [ -n "$router" ]; then ip route replace default via "${router%% *}" dev "$interface"; fi
-    resolv=""
-    [ -z "$domain" ] || resolv="search $domain
-"
-    for server in $dns; do resolv="${resolv}nameserver $server
-"; done
-    printf '%s' "$resolv" >"$MULTIIP_RESOLV"  # in place: keeps the file any bind mount holds
-    now=$(date +%s)
-    printf 'ipv4=%s/%s\nrouter=%s\nserver=%s\nlease=%s\nobtained=%s\nexpires=%s\n' \
-      "$ip" "$mask" "${router%% *}" "$serverid" "$lease" "$now" "$((now + ${lease:-0}))" >"$MULTIIP_LEASE.new"
-    mv -f "$MULTIIP_LEASE.new" "$MULTIIP_LEASE"
-    ;;
-  leasefail|nak) echo "udhcpc: $1 on $interface: ${message:-no lease}" >&2 ;;
-esac
-exit 0
-UDHCPC
-chmod 0755 "$STATE/udhcpc.script"
+udhcpc_script "$STATE"
+UNDO="\`multiip down --prefix $PREFIX\` removes what the setup made so far"
 # The uplink's manager must not take the bridge or its ports, made next (NetworkManager would start a
 # "Wired connection" with DHCP on each new veth); the uplink itself is handed over in step 5.
-leave_alone "$MANAGER" "$BRIDGE ${PORT}*"
+leave_alone "$MANAGER" setup "${PORT}*"
+[[ -e $BRIDGE_STATE/moved ]] || leave_alone "$MANAGER" bridge "$BRIDGE"
 
-step 3/6 "bridge $BRIDGE (STP off)"
+step 3/6 "bridge $BRIDGE (STP off, MTU $MTU)"
 if ! link_exists "$BRIDGE"; then
-  ip link add name "$BRIDGE" type bridge stp_state 0 forward_delay 0
+  ip link add name "$BRIDGE" mtu "$MTU" type bridge stp_state 0 forward_delay 0
   # The bridge answers with the uplink's MAC, so the LAN and its DHCP server keep seeing the same host.
   ip link set dev "$BRIDGE" address "$UPLINK_MAC"
 fi
 ip link set dev "$BRIDGE" up
 
 step 4/6 "$COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)), veths ${INSIDE}N/${PORT}N on $BRIDGE, ports ${PORT_RANGE[0]}-${PORT_RANGE[1]}"
+links_of() {  # $1 index: the veth pair, its inside end in the namespace with the stable MAC, the other on the bridge
+  if [[ -z ${links[$PORT$1]:-} ]]; then
+    ns_mac "$1"
+    batch+="link add $INSIDE$1 netns $PREFIX$1 address $MAC mtu $MTU type veth peer name $PORT$1 mtu $MTU"$'\n'
+    batch+="link set dev $PORT$1 alias multiip:$PREFIX:$PREFIX$1:$INSIDE$1"$'\n'
+  fi
+  [[ ${masters[$PORT$1]:-} == "$BRIDGE" ]] || batch+="link set dev $PORT$1 master $BRIDGE"$'\n'
+  batch+="link set dev $PORT$1 addrgenmode none"$'\n'"link set dev $PORT$1 up"$'\n'
+}
 make_chunk() {  # $1 first, $2 last + 1: create what is missing in one `ip -batch`, then set up the insides
   local i device batch=""
   for ((i = $1; i < $2; i++)); do
     [[ -n ${have[$PREFIX$i]:-} ]] || batch+="netns add $PREFIX$i"$'\n'
-    if [[ -z ${links[$PORT$i]:-} ]]; then
-      ns_mac "$i"
-      batch+="link add $INSIDE$i netns $PREFIX$i address $MAC type veth peer name $PORT$i"$'\n'
-      batch+="link set dev $PORT$i alias multiip:$PREFIX:$PREFIX$i:$INSIDE$i"$'\n'
-    fi
-    [[ ${masters[$PORT$i]:-} == "$BRIDGE" ]] || batch+="link set dev $PORT$i master $BRIDGE"$'\n'
-    batch+="link set dev $PORT$i addrgenmode none"$'\n'"link set dev $PORT$i up"$'\n'
+    links_of "$i"
   done
   ip -batch - <<<"$batch"
-  # Inside each namespace: the port range, then lo and the veth end up (without an IPv6 link-local
+  # Inside each namespace: the port range, then lo and its link up (without an IPv6 link-local
   # address). One nsenter -> sh -> ip per namespace, started by sh
   # (a small shell forks faster than this one), each with its ip batch as a here-document.
   local inside="" sysctl="printf '%s\\t%s\\n' ${PORT_RANGE[0]} ${PORT_RANGE[1]} >/proc/sys/net/ipv4/ip_local_port_range"
@@ -629,9 +866,9 @@ make_chunk() {  # $1 first, $2 last + 1: create what is missing in one `ip -batc
 # the end: most of this is the kernel's work and process start-up, which run in parallel. Each chunk's
 # insides are set up right after it is made, while few namespaces exist yet: writing a namespace's
 # sysctl costs a path lookup that grows with the number of namespaces.
-# The veth ends get no IPv6 link-local address (addrgenmode none, in its own request before they go
-# up: in one request the kernel brings the link up first): otherwise every end coming up floods IPv6
-# DAD, router and MLD packets over all the bridge's ports, and 1000 namespaces slow down quadratically.
+# The links get no IPv6 link-local address (addrgenmode none, in its own request before they go up:
+# in one request the kernel brings the link up first): otherwise every link coming up floods IPv6
+# DAD, router and MLD packets to all the others, and 1000 namespaces slow down quadratically.
 # Each namespace is entered with nsenter --net, never `ip netns exec` or `ip -n`, which copy the
 # mount table (one more mount for every namespace).
 CHUNKS=$(( (COUNT + 99) / 100 ))
@@ -648,53 +885,22 @@ done
 drain
 progress namespaces "$COUNT" "$COUNT"
 
-step 5/6 "move $UPLINK into $BRIDGE (its addresses, routes and rules move to the bridge)"
-# The move is done when its mark is there (this setup's, or the one that shares the bridge). The uplink
-# in the bridge without a mark is a move that was killed half-way: it goes back first, then moves again.
-if [[ ! -e $STATE/moved && ! ( -n $SHARED_STATE && -e $SHARED_STATE/moved ) ]]; then
+step 5/6 "move $UPLINK into $BRIDGE (everything it carries moves to the bridge)"
+# The move is done when the bridge's mark is there. The uplink in the bridge without a mark is a move
+# that was killed half-way: it goes back first, then moves again.
+if [[ ! -e $BRIDGE_STATE/moved ]]; then
   if [[ $(link_master "$UPLINK") == "$BRIDGE" ]]; then
     say "$UPLINK is in $BRIDGE but its move did not finish: putting it back first"
     restore_uplink
   fi
-  put_back() { say "putting $UPLINK back as it was"; restore_uplink; give_back_to_manager "$MANAGER" "$BRIDGE ${PORT}*"; }
   ROLLBACK=put_back  # if anything here fails, the uplink goes back as it was before the script gives up
-  # The manager lets go of the uplink: for the setup's life, without deconfiguring it.
-  case $MANAGER in
-    NetworkManager | systemd-networkd)
-      leave_alone "$MANAGER" "$BRIDGE ${PORT}* $UPLINK"
-      [[ $MANAGER != NetworkManager ]] || nmcli device set "$UPLINK" managed no ;;
-    none) ;;
-    *) kill -KILL "$MANAGER_PID" ;;  # no release, no script: the address stays where it is
-  esac
-  batch="link set dev $UPLINK master $BRIDGE"$'\n' rules6=""
-  while read -r line; do
-    [[ -z $line ]] || batch+="address replace $line dev $BRIDGE"$'\n'"address del ${line%% *} dev $UPLINK"$'\n'
-  done <"$STATE/uplink.addr"
-  while read -r line; do [[ -z $line ]] || batch+="route replace $line dev $BRIDGE"$'\n'; done <"$STATE/uplink.route"
-  while read -r line; do
-    [[ -z $line ]] || batch+="rule del $line"$'\n'"rule add $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'
-  done <"$STATE/uplink.rule4"
-  while read -r line; do
-    [[ -z $line ]] || rules6+="rule del $line"$'\n'"rule add $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'
-  done <"$STATE/uplink.rule6"
-  batch+="link set dev $UPLINK up"$'\n'
-  ip -batch - <<<"$batch"
-  [[ -z $rules6 ]] || ip -6 -batch - <<<"$rules6"
-  if [[ $MANAGER != none ]]; then  # the host's lease, renewed on the bridge from now on
-    printf '%s\n' udhcpc >"$STATE/host.client"
-    dhcp_start udhcpc host "$BRIDGE" "$(awk '$1 !~ /:/ { sub(/\/.*/, "", $1); print $1; exit }' "$STATE/uplink.addr")"
-  fi
-  host_client=""
-  [[ ! -s $STATE/host.client ]] || read -r host_client <"$STATE/host.client"
-  if [[ -n $host_client ]]; then
-    for ((w = 0; w < LEASE_TIMEOUT * 10; w++)); do
-      if has_lease "$host_client" host "$BRIDGE"; then break; fi
-      sleep 0.1
-    done
-    has_lease "$host_client" host "$BRIDGE" || die "no DHCP lease for the host on $BRIDGE within ${LEASE_TIMEOUT}s"
-    say "the host's lease is renewed on $BRIDGE by $host_client (pid file $STATE/host.pid)"
-  fi
-  : >"$STATE/moved"
+  hand_over
+  carry "$BRIDGE_STATE/carry" "$UPLINK" "$BRIDGE"
+  ip -batch - <<<"link set dev $UPLINK master $BRIDGE"$'\n'"$CARRY""link set dev $UPLINK up"
+  [[ -z $CARRY6 ]] || ip -6 -batch - <<<"$CARRY6"
+  let_go
+  [[ $MANAGER == none ]] || renew_on_bridge
+  : >"$BRIDGE_STATE/moved"
   ROLLBACK=""
 fi
 
@@ -728,6 +934,7 @@ if ((${#pending[@]} > 0)); then
   missing=""
   for i in "${pending[@]}"; do missing+=" $PREFIX$i"; done
   STEP="DHCP leases"
-  die "no DHCP lease within ${LEASE_TIMEOUT}s for ${#pending[@]} of $COUNT namespaces:$missing (their clients keep trying; the teardown removes everything). If this network drops unknown MACs (a cloud, Wi-Fi, port security; multiip doctor tells), use --mode ipvlan or alias"
+  die "no DHCP lease within ${LEASE_TIMEOUT}s for ${#pending[@]} of $COUNT namespaces:$missing (their clients keep trying). If this network drops unknown MACs (a cloud, Wi-Fi, port security; multiip doctor --probe tells), use --mode ipvlan or alias"
 fi
+UNDO=""
 say "ready: $COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)) on $BRIDGE via $UPLINK; see: multiip status"

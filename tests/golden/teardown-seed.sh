@@ -8,7 +8,8 @@ set -Eeuo pipefail
 export LC_ALL=C
 
 say() { printf 'multiip: %s\n' "$*" >&2 || true; }  # || true: a closed stderr must not stop a rollback
-die() { printf 'multiip: error: %s\n' "$*" >&2 || true; exit 2; }
+UNDO=""  # once a setup has changed the host: the command that undoes it, named by every error from then on
+die() { printf 'multiip: error: %s%s\n' "$*" "${UNDO:+; $UNDO}" >&2 || true; exit 2; }
 # shellcheck disable=SC2034 # STEP: named by on_error in the scripts that include _errors.sh.j2
 step() { STEP=$2; printf 'multiip: [%s] %s\n' "$1" "$2" >&2 || true; }
 progress() { printf 'multiip: progress %s %s/%s\n' "$1" "$2" "$3" >&2 || true; }
@@ -21,8 +22,8 @@ on_error() {
   trap - ERR
   trap '' INT TERM HUP  # the rollback below runs to its end, whatever else arrives
   if ((${#BACKGROUND[@]} > 0)); then wait "${BACKGROUND[@]}" 2>/dev/null || true; fi  # none outlives the script
-  if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"\n' "$STEP" >&2 || true
-  else printf 'multiip: error: step "%s" failed (exit %s at line %s)\n' "$STEP" "$1" "$2" >&2 || true; fi
+  if [[ $1 == 130 ]]; then printf 'multiip: error: interrupted during step "%s"%s\n' "$STEP" "${UNDO:+; $UNDO}" >&2 || true
+  else printf 'multiip: error: step "%s" failed (exit %s at line %s)%s\n' "$STEP" "$1" "$2" "${UNDO:+; $UNDO}" >&2 || true; fi
   exit "$1"
 }
 rollback() {  # on every exit while ROLLBACK names a function: an error, a signal, or die
@@ -49,7 +50,7 @@ PREFIX=ns        # namespaces ${PREFIX}0, ${PREFIX}1, ...
 # shellcheck disable=SC2034 # --mode alias has no bridge
 BRIDGE=br0
 UPLINK=''        # empty: the interface of the default route, found where this runs
-STATE=/run/multiip/ns  # the setup's record, pid, lease and saved-uplink files
+STATE=/run/multiip/ns  # the setup's record, pid and lease files
 # shellcheck disable=SC2034 # --mode alias changes no host-wide limit
 SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
@@ -77,8 +78,13 @@ safe_dir() {  # $1: a state directory, made 0700 if missing; refused if it is a 
 }
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
-#   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_MADE UPLINK DHCP COUNT MANAGER
+#   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_MADE UPLINK DHCP COUNT MANAGER MTU
 #   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
+#   $STATE/addresses   the static addresses, one A/LEN per line (in namespaces, or on the uplink: alias)
+# --mode bridge: the uplink's move belongs to the bridge, shared by the setups on it; the last to go
+# gives it back. Its record, $BRIDGE_STATE (/run/multiip/.bridge-BRIDGE): carry (what the uplink carried: _uplink.sh.j2), uplink, made (1: a
+# setup made the bridge), manager (and manager.client, manager.connection, client-id), moved (the move
+# finished), host.* (the host's lease renewed on the bridge).
 # A setup's namespaces are the ones its record names, never a name pattern. Each bridge port also
 # carries the alias multiip:PREFIX:NAME:INSIDE, from which the teardown rebuilds a lost record.
 declare -A RECORD=()
@@ -99,13 +105,15 @@ resolv_in() {  # $1 key, then a command: run it there with /etc/resolv.conf boun
   local key=$1
   shift
   if [[ $key != host ]]; then ip netns exec "$key" "$@"
-  else unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$STATE/host.resolv.conf" "$@"
+  else unshare --mount --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "${BRIDGE_STATE:-}/host.resolv.conf" "$@"
   fi
 }
 client_files() {  # $1 client, $2 key, $3 interface: sets PIDFILE and LEASEFILE
+  local dir=$STATE
+  [[ $2 != host ]] || dir=${BRIDGE_STATE:-}  # the host's own lease on the bridge is the bridge's
   case $1 in
-    udhcpc) PIDFILE=$STATE/$2.pid LEASEFILE=$STATE/$2.lease ;;
-    dhclient) PIDFILE=$STATE/$2.pid LEASEFILE=$STATE/$2.leases ;;
+    udhcpc) PIDFILE=$dir/$2.pid LEASEFILE=$dir/$2.lease ;;
+    dhclient) PIDFILE=$dir/$2.pid LEASEFILE=$dir/$2.leases ;;
     dhcpcd) PIDFILE=/run/dhcpcd/$3-4.pid LEASEFILE=/var/lib/dhcpcd/$3.lease ;;  # dhcpcd has no option for them
     *) PIDFILE=- LEASEFILE=- ;;
   esac
@@ -128,155 +136,272 @@ client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running clien
   [[ -n $comm && $comm == "$1" && /proc/$PID/ns/net -ef $netns ]] || PID=""
 }
 
-# What moves: IPv4 and IPv6 addresses (not link-local ones, which the bridge makes itself from the same
-# MAC, nor IPv6 ones the kernel made from router advertisements), with their flags and lifetimes; the
-# routes of every table and protocol that leave by the uplink, except the kernel's own (table local,
-# IPv6 link-local and prefix routes, router advertisements); the ip rules that name it (iif/oif).
-addresses_of() {  # $1 device: `ip address replace` arguments, one address per line
-  ip -o address show dev "$1" | awk '
-    ($3 != "inet" && $3 != "inet6") || / scope (link|host) / || ($3 == "inet6" && / dynamic /) { next }
-    { out = $4
+# describe DEV prints what DEV carries, one item per line, with DEV written as @ (so the same lines
+# describe it on the bridge, and back):
+#   conf FAMILY KEY VALUE    a per-interface setting that goes with the addresses (rp_filter, accept_ra, ...)
+#   addr ARGS [ends V P]     `ip address replace` arguments, the label as @:x; V, P: when its lifetimes
+#                            end (epoch seconds, - for forever); none: a permanent address
+#   nexthop ARGS             a nexthop object over DEV (routes with nhid follow it)
+#   route FAMILY ARGS        a route over DEV in any table: multipath, nhid, onlink, src, metric, proto,
+#                            expires (as an epoch) as `ip route` prints them
+#   rule FAMILY ARGS         an ip rule that names DEV (iif, oif)
+# Not described, because the kernel makes them again with the addresses: link-local and host-scope
+# addresses, IPv6 privacy (temporary) addresses, the routes of table local and proto kernel.
+CONF_KEYS=(ipv4/rp_filter ipv4/arp_ignore ipv4/arp_announce ipv4/arp_filter ipv4/accept_redirects
+  ipv4/send_redirects ipv4/proxy_arp ipv4/log_martians ipv6/disable_ipv6 ipv6/accept_ra ipv6/accept_ra_defrtr
+  ipv6/accept_ra_pinfo ipv6/autoconf ipv6/use_tempaddr ipv6/stable_secret ipv6/addr_gen_mode ipv6/accept_redirects)
+describe_addresses() {  # $1 device, $2 now (epoch seconds)
+  ip -o address show dev "$1" | tr -d '\\' | awk -v dev="$1" -v now="$2" '
+    ($3 != "inet" && $3 != "inet6") || / scope (link|host) / || / temporary / { next }
+    { out = "addr " $4; ends = ""
       for (i = 5; i <= NF; i++) {
         if ($i == "brd" || $i == "metric") { out = out " " $i " " $(i + 1); i++ }
         else if ($i == "valid_lft" || $i == "preferred_lft") {
-          v = $(i + 1); sub(/sec$/, "", v); if (v != "forever") out = out " " $i " " v; i++ }
+          v = $(i + 1); sub(/sec$/, "", v); ends = ends " " (v == "forever" ? "-" : now + v); i++ }
         else if ($i ~ /^(noprefixroute|nodad|home|optimistic|mngtmpaddr)$/) out = out " " $i
+        else if (index($i, dev ":") == 1) out = out " label @" substr($i, length(dev) + 1)
       }
-      print out }'
+      print out (ends == " - -" ? "" : " ends" ends) }'
 }
-routes_of() {  # $1 device: `ip route replace` arguments, one route per line (IPv6 default as ::/0)
-  { ip -4 -o route show table all dev "$1"; ip -6 -o route show table all dev "$1" | sed 's|^default |::/0 |'; } |
-    awk '/ table local / || / proto ra / || /^fe80::\/64 / || /^(multicast|local|broadcast|anycast) / { next }
-      /:.* proto kernel metric 256 / { next }  # the kernel makes an IPv6 address its prefix route
-      { out = ""
-        for (i = 1; i <= NF; i++) if ($i !~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|notify)$/) out = out (out == "" ? "" : " ") $i
-        if (/ via /) later[++n] = out; else print out }  # routes via a gateway after those that reach it
+describe() {  # $1 device
+  local key value now
+  now=$(date +%s)
+  for key in "${CONF_KEYS[@]}"; do
+    value=$(cat "/proc/sys/net/${key%%/*}/conf/$1/${key#*/}" 2>/dev/null) || continue  # stable_secret: unset
+    printf 'conf %s %s %s\n' "${key%%/*}" "${key#*/}" "$value"
+  done
+  describe_addresses "$1" "$now"
+  ip -o nexthop show 2>/dev/null | awk -v dev="$1" '
+    { named = 0; out = "nexthop"
+      for (i = 1; i <= NF; i++)
+        if ($i == "dev" && $(i + 1) == dev) { named = 1; out = out " dev @"; i++ }
+        else if ($i == "scope") i++
+        else out = out " " $i
+      if (named) print out }'
+  for family in 4 6; do
+    ip "-$family" -o route show table all | tr -d '\\' | awk -v dev="$1" -v family="$family" -v now="$now" '
+      / table local / || / proto kernel / || / cache / { next }
+      /^(multicast|local|broadcast|anycast|unreachable|prohibit|blackhole|throw) / { next }
+      { named = 0; nh = 0
+        for (i = 1; i < NF; i++) { if ($i == "dev" && $(i + 1) == dev) named = 1; if ($i == "nhid") nh = 1 }
+        if (!named) next
+        out = ""
+        for (i = 1; i <= NF; i++) {
+          if ($i ~ /^(linkdown|dead|offload|trap|rt_offload|rt_trap|rt_offload_failed|notify|pervasive)$/) continue
+          if (nh && ($i == "via" || $i == "dev" || $i == "weight")) { i++; continue }  # the nexthop object has them
+          if (nh && $i == "nexthop") continue
+          if ($i == "dev" && $(i + 1) == dev) { out = out " dev @"; i++; continue }
+          if ($i == "expires") { v = $(i + 1); sub(/sec$/, "", v); out = out " expires " (now + v); i++; continue }
+          out = out " " $i }
+        if (/ via /) later[++n] = "route " family out; else print "route " family out }  # gateways last
       END { for (i = 1; i <= n; i++) print later[i] }'
-}
-rules_of() {  # $1 device, $2 family (4 or 6): `ip rule` arguments (pref N ...) of the rules naming it
-  ip "-$2" rule show | awk -v dev="$1" '{
+  done
+  for family in 4 6; do
+    ip "-$family" rule show | awk -v dev="$1" -v family="$family" '{
       named = 0
       for (i = 2; i < NF; i++) if (($i == "iif" || $i == "oif") && $(i + 1) == dev) named = 1
       if (!named) next
-      sub(/:$/, "", $1); out = "pref " $1
-      for (i = 2; i <= NF; i++) if ($i !~ /^\[(detached|unresolved)\]$/) out = out " " $i
+      sub(/:$/, "", $1); out = "rule " family " pref " $1
+      for (i = 2; i <= NF; i++)
+        if ($i ~ /^\[(detached|unresolved)\]$/) continue
+        else if (($i == "iif" || $i == "oif") && $(i + 1) == dev) { out = out " " $i " @"; i++ }
+        else out = out " " $i
       print out }'
+  done
 }
-renamed() {  # $1 line, $2 from, $3 to: the line with iif/oif $2 made $3
+at() {  # $1 a described line, $2 device: the line naming the device where it says @
   local line=" $1 "
-  line=${line// iif $2 / iif $3 }
-  line=${line// oif $2 / oif $3 }
+  line=${line// dev @ / dev $2 }
+  line=${line// iif @ / iif $2 }
+  line=${line// oif @ / oif $2 }
+  line=${line// label @/ label $2}
   line=${line# }
   printf '%s' "${line% }"
 }
-
-# Addresses, routes and rules to put back: the saved ones, or (record lost) what the bridge has now.
-uplink_addresses() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.addr"; else addresses_of "$BRIDGE"; fi; }
-uplink_routes() { if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.route"; else routes_of "$BRIDGE"; fi; }
-uplink_rules() {  # $1 family: the rules as they name the uplink
-  local line
-  if [[ -e $STATE/uplink ]]; then cat "$STATE/uplink.rule$1"; return; fi
-  while read -r line; do renamed "$line" "$BRIDGE" "$UPLINK" && echo; done < <(rules_of "$BRIDGE" "$1")
+# carry FILE FROM TO (FROM may be TO: what it lacks, added): sets CARRY (`ip -batch` lines) and CARRY6 (`ip -6 -batch`: IPv6 rules) that give TO
+# what FILE describes and take its addresses and rules off FROM, and writes FILE's settings to TO's
+# sysctls. An address with lifetimes keeps what it has left where it is now (FROM: a DHCP client or the
+# kernel renewed it there), or what the description says is left; one whose lifetime is over stays gone.
+carry() {
+  local file=$1 from=$2 to=$3 now kind rest line address family key value valid preferred
+  local -A current=()
+  local addrs4="" addrs6="" nexthops="" routes="" gone=""
+  now=$(date +%s)
+  while read -r _ address rest; do current[$address]="$address $rest"; done < <(describe_addresses "$from" "$now")
+  CARRY="" CARRY6=""
+  while read -r kind rest; do
+    case $kind in
+      conf)
+        read -r family key value <<<"$rest"
+        printf '%s\n' "$value" 2>/dev/null >"/proc/sys/net/$family/conf/$to/$key" || true ;;
+      addr)
+        address=${rest%% *}
+        line=${current[$address]:-$rest}
+        if [[ $line == *" ends "* ]]; then
+          read -r valid preferred <<<"${line##* ends }"
+          line=${line% ends *}
+          [[ $valid == - ]] || { ((valid > now)) || continue; line+=" valid_lft $((valid - now))"; }
+          [[ $preferred == - ]] || line+=" preferred_lft $((preferred > now ? preferred - now : 0))"
+        fi
+        line="address replace $(at "$line" "$to") dev $to"$'\n'
+        if [[ $address == *:* ]]; then addrs6=$line$addrs6; else addrs4+=$line; fi  # the order ip lists them in
+        [[ $from == "$to" ]] || gone="address del $address dev $from"$'\n'$gone ;;  # secondaries before their primary
+      nexthop) nexthops+="nexthop replace $(at "$rest" "$to")"$'\n' ;;
+      route)
+        family=${rest%% *} line=${rest#* }
+        [[ $family != 6 || $line != default\ * ]] || line="::/0 ${line#default }"
+        if [[ $line =~ ^(.*)\ expires\ ([0-9]+)(.*)$ ]]; then
+          ((BASH_REMATCH[2] > now)) || continue
+          line="${BASH_REMATCH[1]} expires $((BASH_REMATCH[2] - now))${BASH_REMATCH[3]}"
+        fi
+        routes+="route replace $(at "$line" "$to")"$'\n' ;;
+      rule)
+        family=${rest%% *} line="rule add $(at "${rest#* }" "$to")"$'\n'
+        [[ $from == "$to" ]] || line="rule del $(at "${rest#* }" "$from")"$'\n'$line
+        if [[ $family == 6 ]]; then CARRY6+=$line; else CARRY+=$line; fi ;;
+    esac
+  done <"$file"
+  # the prefix routes the kernel made for FROM's IPv6 addresses with lifetimes outlive them: they go too
+  [[ $from == "$to" ]] || while read -r line; do gone="route del $line dev $from"$'\n'$gone; done < <(
+    ip -6 -o route show dev "$from" proto kernel |
+      awk '$1 != "fe80::/64" { m = 256; for (i = 2; i < NF; i++) if ($i == "metric") m = $(i + 1); print $1, "proto kernel metric", m }')
+  CARRY=$addrs4$addrs6$nexthops$routes$CARRY$gone
 }
-
-# Take the uplink out of the bridge and give it back its addresses, routes and rules, in one `ip -batch`
-# (IPv6 rules in a second) so the host is without its address for as short a time as possible. An
-# address that a DHCP client renewed on the bridge goes back with its lifetime from the bridge.
+# The lines of FILE the device does not carry now (lifetimes and expiry times aside; not what expired).
+lacks() {  # $1 file, $2 device
+  local -A has=()
+  local line valid now
+  now=$(date +%s)
+  while read -r line; do has[$line]=1; done < <(describe "$2" | sed 's/ ends .*//; s/ expires [0-9]*//')
+  while read -r line; do
+    case $line in conf\ *) continue ;; esac
+    if [[ $line =~ \ (ends|expires)\ ([0-9]+) ]]; then valid=${BASH_REMATCH[2]}; ((valid > now)) || continue; fi
+    [[ -n ${has[$(sed 's/ ends .*//; s/ expires [0-9]*//' <<<"$line")]:-} ]] || printf '%s\n' "$line"
+  done <"$1"
+}
+as_command() {  # $1 a described line, $2 device: the command that puts it on the device
+  local kind=${1%% *} rest=${1#* }
+  case $kind in
+    addr) printf 'ip address replace %s dev %s' "$(at "${rest% ends *}" "$2")" "$2" ;;
+    nexthop) printf 'ip nexthop replace %s' "$(at "$rest" "$2")" ;;
+    route) printf 'ip -%s route replace %s' "${rest%% *}" "$(at "$(sed 's/ expires [0-9]*//' <<<"${rest#* }")" "$2")" ;;
+    rule) printf 'ip -%s rule add %s' "${rest%% *}" "$(at "${rest#* }" "$2")" ;;
+  esac
+}
+PROBLEMS=()  # what could not be put back, each with the command that does it
+report_problems() {
+  local problem
+  for problem in "${PROBLEMS[@]}"; do say "could not put back: $problem"; done
+}
+# The uplink out of the bridge, with everything the description gives it, in one `ip -batch` that goes
+# on past any error (so the host is without its address for as short a time as possible). Without the
+# bridge's record (it was deleted) the description is what the bridge carries now.
 restore_uplink() {
-  local batch="link set dev $UPLINK nomaster"$'\n' line now rules6="" address
-  local -A renewed=()
-  if link_exists "$BRIDGE"; then
-    while read -r line; do [[ $line != *valid_lft* ]] || renewed[${line%% *}]=$line; done < <(addresses_of "$BRIDGE")
+  if [[ ! -s $BRIDGE_STATE/carry ]]; then
+    safe_dir "$BRIDGE_STATE"
+    describe "$BRIDGE" >"$BRIDGE_STATE/carry"
   fi
-  while read -r line; do
-    [[ -n $line ]] || continue
-    address=${line%% *}
-    [[ $line != *valid_lft* || -z ${renewed[$address]:-} ]] || line=${renewed[$address]}
-    batch+="address replace $line dev $UPLINK"$'\n'
-  done < <(uplink_addresses)
-  while read -r line; do [[ -z $line ]] || batch+="route replace $line dev $UPLINK"$'\n'; done < <(uplink_routes)
-  while read -r line; do
-    [[ -z $line ]] || batch+="rule del $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'"rule add $line"$'\n'
-  done < <(uplink_rules 4)
-  while read -r line; do
-    [[ -z $line ]] || rules6+="rule del $(renamed "$line" "$UPLINK" "$BRIDGE")"$'\n'"rule add $line"$'\n'
-  done < <(uplink_rules 6)
-  while read -r line; do
-    [[ -z $line ]] || batch+="address del ${line%% *} dev $BRIDGE"$'\n'
-  done < <(if link_exists "$BRIDGE"; then uplink_addresses; fi)
-  batch+="link set dev $UPLINK up"$'\n'
-  ip -force -batch - <<<"$batch" >/dev/null 2>&1 || true  # deleting what the bridge lacks is fine
-  [[ -z $rules6 ]] || ip -6 -force -batch - <<<"$rules6" >/dev/null 2>&1 || true
-  [[ -z $(link_master "$UPLINK") ]] || die "could not take $UPLINK out of $BRIDGE"
-  now=$(ip -o address show dev "$UPLINK")
-  while read -r line; do
-    [[ -z $line || $now == *" ${line%% *} "* ]] || die "could not give ${line%% *} back to $UPLINK"
-  done < <(uplink_addresses)
+  carry "$BRIDGE_STATE/carry" "$BRIDGE" "$UPLINK"
+  ip -force -batch - <<<"link set dev $UPLINK nomaster"$'\n'"$CARRY""link set dev $UPLINK up" >/dev/null 2>&1 || true
+  [[ -z $CARRY6 ]] || ip -6 -force -batch - <<<"$CARRY6" >/dev/null 2>&1 || true
+  [[ -z $(link_master "$UPLINK") ]] || PROBLEMS+=("$UPLINK is still a port of $BRIDGE: ip link set dev $UPLINK nomaster")
+}
+# What the uplink carried and lacks now, added; then what it still lacks is a problem. With a manager,
+# its leased addresses are its own to renew (an old lease's address is not put back).
+complete_uplink() {
+  local file=$BRIDGE_STATE/carry.lacking line
+  lacks "$BRIDGE_STATE/carry" "$UPLINK" | { if [[ $MANAGER == none ]]; then cat; else grep -v '^addr .* ends ' || true; fi; } >"$file"
+  [[ -s $file ]] || return 0
+  carry "$file" "$UPLINK" "$UPLINK"
+  ip -force -batch - <<<"$CARRY" >/dev/null 2>&1 || true
+  [[ -z $CARRY6 ]] || ip -6 -force -batch - <<<"$CARRY6" >/dev/null 2>&1 || true
+  while read -r line; do PROBLEMS+=("$UPLINK lacks ${line}: $(as_command "$line" "$UPLINK")"); done < <(lacks "$file" "$UPLINK")
 }
 
-add_missing() {  # add what the uplink carried and lacks now (addresses, routes, rules), leaving what it has
-  local batch="" line family have
-  while read -r line; do [[ -z $line ]] || batch+="address add ${line%% valid_lft*} dev $UPLINK"$'\n'; done < <(uplink_addresses)
-  while read -r line; do [[ -z $line ]] || batch+="route add $line dev $UPLINK"$'\n'; done < <(uplink_routes)
-  [[ -z $batch ]] || ip -force -batch - <<<"$batch" >/dev/null 2>&1 || true  # "exists" is fine
-  for family in 4 6; do
-    have=$(rules_of "$UPLINK" "$family")
-    while read -r line; do
-      [[ -z $line || $'\n'$have$'\n' == *$'\n'$line$'\n'* ]] || ip "-$family" rule add $line
-    done < <(uplink_rules "$family")
-  done
-}
-
-# --- The uplink's manager, recorded as MANAGER: none, NetworkManager, systemd-networkd, or the DHCP
-# --- client (dhclient, dhcpcd, udhcpc) that runs on it. While the setup lives, the manager leaves the
-# --- uplink, the bridge and its ports alone, and the host's lease is renewed on the bridge by a udhcpc
-# --- of ours (the bridge carries the uplink's MAC, so it is the same lease); then the manager gets
-# --- the uplink back as it had it. A manager is never stopped for the whole host.
-NM_CONF=/run/NetworkManager/conf.d/90-multiip-$PREFIX.conf
+# MANAGER is none, NetworkManager, systemd-networkd, or the DHCP client (dhclient, dhcpcd, udhcpc) that
+# runs on the uplink. While the setup lives, the manager leaves the uplink, the bridge and its ports
+# alone, and the host's lease is renewed on the bridge by a udhcpc of ours, with the client id the
+# manager used (the bridge carries the uplink's MAC: the server sees the same client); then the manager
+# gets the uplink back as it had it. A manager is never stopped for the whole host. What belongs to the
+# uplink's handover is the bridge's ($BRIDGE_STATE), not a setup's: it goes with the last setup on it.
+NM_CONF=/run/NetworkManager/conf.d/90-multiip-$PREFIX.conf  # this setup's ports
 NETWORKD_FILE=/run/systemd/network/00-multiip-$PREFIX.network
-leave_alone() {  # $1 manager, $2 interfaces (globs): the manager leaves them alone; none: it has them all back
+bridge_record() {  # what follows from BRIDGE (a teardown learns it from the record): its record, its manager's files
+  BRIDGE_STATE=${STATE%/*}/.bridge-$BRIDGE
+  NM_BRIDGE_CONF=/run/NetworkManager/conf.d/90-multiip-bridge-$BRIDGE.conf  # the bridge and the uplink
+  NETWORKD_BRIDGE_FILE=/run/systemd/network/00-multiip-bridge-$BRIDGE.network
+}
+bridge_record
+leave_alone() {  # $1 manager, $2 which file (setup: this setup's ports; bridge: the bridge and the uplink), $3 names (globs); none: remove it
+  local file
   case $1 in
     NetworkManager)
-      if [[ -n $2 ]]; then
-        mkdir -p "${NM_CONF%/*}"
-        printf '[device-multiip-%s]\nmatch-device=interface-name:%s\nmanaged=0\n' "$PREFIX" "${2// /;interface-name:}" >"$NM_CONF"
-      else rm -f "$NM_CONF"
+      file=$NM_CONF
+      [[ $2 == setup ]] || file=$NM_BRIDGE_CONF
+      if [[ -n $3 ]]; then
+        mkdir -p "${file%/*}"
+        printf '[device-multiip-%s]\nmatch-device=interface-name:%s\nmanaged=0\n' "${file##*/90-multiip-}" "${3// /;interface-name:}" >"$file"
+      else rm -f "$file"
       fi
       nmcli general reload conf ;;
     systemd-networkd)
-      if [[ -n $2 ]]; then
-        mkdir -p "${NETWORKD_FILE%/*}"
-        printf '[Match]\nName=%s\n\n[Link]\nUnmanaged=yes\n' "$2" >"$NETWORKD_FILE"
-      else rm -f "$NETWORKD_FILE"
+      file=$NETWORKD_FILE
+      [[ $2 == setup ]] || file=$NETWORKD_BRIDGE_FILE
+      if [[ -n $3 ]]; then
+        mkdir -p "${file%/*}"
+        printf '[Match]\nName=%s\n\n[Link]\nUnmanaged=yes\n' "$3" >"$file"
+      else rm -f "$file"
       fi
       networkctl reload ;;
   esac
 }
-give_back_to_manager() {  # $1 manager, $2 what it still leaves alone: undo the uplink's handover (also a half one)
-  local argv=() pid
-  client_pid udhcpc host "$BRIDGE"  # ours, renewing the host's lease on the bridge: it goes, no release
-  if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi
-  case $1 in
+networkd_state() {  # $1 interface: networkd's SETUP state of it (configured, configuring, unmanaged, ...)
+  networkctl list --no-legend --no-pager "$1" 2>/dev/null | awk '{ print $5 }'
+}
+# Undo the uplink's handover (also a half one), every part of it even when one fails: our renewer
+# goes (no release), the manager has the uplink back as it had it, and what it does not make itself
+# (other addresses, routes in other tables, rules) is completed from the description. What could not
+# be done is said with the command that does it (PROBLEMS).
+give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, while it exists)
+  local argv=() pid w state
+  client_pid udhcpc host "$BRIDGE"
+  if [[ -n $PID ]]; then
+    kill -TERM "$PID" 2>/dev/null || true
+    for ((w = 0; w < 50; w++)); do alive "$PID" || break; sleep 0.1; done
+  fi
+  case $MANAGER in
     NetworkManager)
-      leave_alone "$1" "$2" || true
-      nmcli device set "$UPLINK" managed yes || true
-      if [[ -s $STATE/uplink.connection ]]; then  # active again, as it was
-        nmcli --wait 30 connection up uuid "$(<"$STATE/uplink.connection")" >/dev/null || true
-        add_missing  # what NetworkManager cleared when it took the uplink back but did not make itself
-      fi
-      say "NetworkManager manages $UPLINK again" ;;
+      leave_alone NetworkManager bridge "$1" || PROBLEMS+=("NetworkManager did not reload its configuration: nmcli general reload conf")
+      nmcli device set "$UPLINK" managed yes || PROBLEMS+=("NetworkManager does not manage $UPLINK again: nmcli device set $UPLINK managed yes")
+      if [[ -s $BRIDGE_STATE/manager.connection ]]; then  # active again, as it was
+        nmcli --wait 30 connection up uuid "$(<"$BRIDGE_STATE/manager.connection")" >/dev/null ||
+          PROBLEMS+=("NetworkManager did not bring $UPLINK's connection up: nmcli connection up uuid $(<"$BRIDGE_STATE/manager.connection")")
+      fi ;;
     systemd-networkd)
-      leave_alone "$1" "$2" || true
-      say "systemd-networkd manages $UPLINK again" ;;
-    dhclient | dhcpcd | udhcpc)
-      [[ -s $STATE/uplink.client ]] || return 0
-      mapfile -d '' -t argv <"$STATE/uplink.client"
-      for pid in /proc/[0-9]*; do  # running already (given back before)
-        [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || return 0
+      # networkd 252 forgets the link's addresses when it leaves a bridge, and then waits for an IPv6
+      # link-local address it believes is missing: announcing it again lets it finish configuring
+      ip -6 -o address show dev "$UPLINK" scope link | awk '{ print $4 }' |
+        while read -r address; do ip -6 address replace "$address" dev "$UPLINK" scope link || true; done
+      leave_alone systemd-networkd bridge "$1" || PROBLEMS+=("systemd-networkd did not reload: networkctl reload")
+      for ((w = 0; w < 10 * (30 + LEASE_TIMEOUT); w++)); do
+        state=$(networkd_state "$UPLINK")
+        [[ $state == configuring || $state == unmanaged || $state == pending || $state == initialized ]] || break
+        sleep 0.1
       done
-      (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 9>&- &)
-      say "$1 runs on $UPLINK again, as it did: ${argv[*]}" ;;
+      [[ $state == configured ]] || PROBLEMS+=("systemd-networkd has $UPLINK $state, not configured: networkctl status $UPLINK; networkctl reconfigure $UPLINK") ;;
+    dhclient | dhcpcd | udhcpc)
+      if [[ -s $BRIDGE_STATE/manager.client ]]; then
+        mapfile -d '' -t argv <"$BRIDGE_STATE/manager.client"
+        for pid in /proc/[0-9]*; do  # running already (given back before)
+          [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || argv=()
+        done
+        if ((${#argv[@]} > 0)); then
+          (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 9>&- &) || PROBLEMS+=("$MANAGER did not start again: ${argv[*]}")
+        fi
+      fi ;;
   esac
+  complete_uplink
+  [[ $MANAGER == none ]] || say "$MANAGER manages $UPLINK again"
 }
 
 dhcp_release() {  # $1 client, $2 key, $3 interface: make the client send DHCPRELEASE and exit; sets PID
@@ -349,10 +474,15 @@ else  # the record is gone: the setup's bridge ports carry alias multiip:PREFIX:
     if [[ $rest =~ \ master\ ([^ ]+) ]]; then BRIDGE=${BASH_REMATCH[1]}; fi
   done < <(ip -o link show)
 fi
-MANAGER=${RECORD[MANAGER]:-none}
 MODE=${RECORD[MODE]:-bridge}  # macvlan, ipvlan: no bridge, the uplink untouched
-if [[ $MANAGER == none && -e $NM_CONF ]]; then MANAGER=NetworkManager; fi  # record lost, the handover's file is not
-if [[ $MANAGER == none && -e $NETWORKD_FILE ]]; then MANAGER=systemd-networkd; fi
+bridge_record  # of the bridge the record names
+MANAGER=${RECORD[MANAGER]:-none}
+if [[ $MODE == bridge ]]; then  # the uplink's handover is the bridge's
+  [[ ! -s $BRIDGE_STATE/manager ]] || read -r MANAGER <"$BRIDGE_STATE/manager"
+  if [[ $MANAGER == none && ( -e $NM_BRIDGE_CONF || -e $NM_CONF ) ]]; then MANAGER=NetworkManager; fi  # records lost, the handover's files are not
+  if [[ $MANAGER == none && ( -e $NETWORKD_BRIDGE_FILE || -e $NETWORKD_FILE ) ]]; then MANAGER=systemd-networkd; fi
+  [[ -n $UPLINK || ! -s $BRIDGE_STATE/uplink ]] || read -r UPLINK <"$BRIDGE_STATE/uplink"
+fi
 declare -A OURS=()
 for ns in "${NAMESPACES[@]}"; do [[ ${PORT_OF[$ns]} == - ]] || OURS[${PORT_OF[$ns]}]=1; done
 foreign_ports() {  # sets FOREIGN to the bridge's ports that are not this setup's veths
@@ -487,7 +617,7 @@ if ((${#LEFT[@]} > 0)); then
 fi
 progress removed "${#present[@]}" "${#present[@]}"
 
-LEFT_BEHIND=""
+LEFT_BEHIND="" BRIDGE_GOES=""
 if [[ $MODE == alias ]]; then step 4/5 "remove the setup's addresses from $UPLINK"
 else step 4/5 "give ${UPLINK:-the uplink} back its addresses, routes and rules and to its manager, remove $BRIDGE"
 fi
@@ -510,12 +640,7 @@ if [[ $MODE == alias ]]; then  # exactly the recorded addresses, where they stil
 elif [[ $MODE != bridge ]]; then
   say "--mode $MODE: nothing to give back, $UPLINK was left as it was"
 elif link_exists "$BRIDGE"; then
-  if [[ -s $STATE/host.client ]]; then  # --host-dhcp: the bridge's own client
-    dhcp_release "$(<"$STATE/host.client")" host "$BRIDGE"
-    if [[ -n $PID ]]; then wait_gone "$PID"; fi
-    client_files "$(<"$STATE/host.client")" host "$BRIDGE"
-    rm -f "$LEASEFILE"
-  fi
+  leave_alone "$MANAGER" setup ""  # this setup's ports are gone
   foreign_ports
   others="" strangers=""  # other ports: another multiip setup's (alias multiip:...), or someone else's
   for name in "${FOREIGN[@]}"; do
@@ -526,17 +651,26 @@ elif link_exists "$BRIDGE"; then
   if [[ -n $strangers ]]; then
     LEFT_BEHIND="$BRIDGE and ${UPLINK:-the uplink} are left in place: $BRIDGE has ports that are not multiip's:$strangers (run down again once they are gone)"
   elif [[ -n $others ]]; then
-    say "$BRIDGE still has other setups' ports:$others; leaving it and ${UPLINK:-the uplink} to the last of them"
+    say "$BRIDGE still has other setups' ports:$others; it keeps ${UPLINK:-the uplink}, its manager's handover and the host's lease renewal for the last of them"
   else
+    if [[ -s $BRIDGE_STATE/host.client && $(<"$BRIDGE_STATE/host.client") != udhcpc ]]; then  # --host-dhcp: the bridge's own client
+      dhcp_release "$(<"$BRIDGE_STATE/host.client")" host "$BRIDGE"
+      if [[ -n $PID ]]; then wait_gone "$PID"; fi
+    fi
     [[ -z $UPLINK ]] || restore_uplink
-    if [[ ${RECORD[BRIDGE_MADE]:-1} == 1 ]]; then ip link del dev "$BRIDGE"
+    made=1  # a record lost with the bridge's: a bridge with multiip's ports on it is multiip's
+    [[ ! -s $BRIDGE_STATE/made ]] || read -r made <"$BRIDGE_STATE/made"
+    if [[ $made == 1 ]]; then ip link del dev "$BRIDGE"
     else say "$BRIDGE was there before the setup: left in place"
     fi
-    [[ -z $UPLINK ]] || give_back_to_manager "$MANAGER" ""
+    [[ -z $UPLINK ]] || give_back_to_manager ""
+    BRIDGE_GOES=1
   fi
-elif [[ -n $UPLINK ]] && link_exists "$UPLINK" && [[ -e $STATE/uplink ]]; then
-  restore_uplink  # bridge already gone: make sure the uplink has its addresses
-  give_back_to_manager "$MANAGER" ""
+elif [[ -n $UPLINK ]] && link_exists "$UPLINK" && [[ -e $BRIDGE_STATE/carry ]]; then
+  leave_alone "$MANAGER" setup ""
+  restore_uplink  # bridge already gone: make sure the uplink has what it carried
+  give_back_to_manager ""
+  BRIDGE_GOES=1
 fi
 
 LIMITS=${STATE%/*}/host-limits  # what --tune-host raised: back as it was when the last setup that did goes
@@ -565,9 +699,14 @@ if ((${#files[@]} > 0)); then
   rm -f -- "${files[@]}"
   rmdir -- "${dirs[@]}" 2>/dev/null || true  # kept where someone put other files there
 fi
+if ((${#PROBLEMS[@]} > 0)); then  # the records stay, for the down that finishes the job
+  report_problems
+  die "removed ${#present[@]} namespaces; ${#PROBLEMS[@]} things of ${UPLINK:-the uplink} could not be put back (the commands above do it): run them, or multiip down again"
+fi
 if [[ -n $LEFT_BEHIND ]]; then  # the record stays, for the down that finishes the job
   die "removed ${#present[@]} namespaces; $LEFT_BEHIND"
 fi
+[[ -z $BRIDGE_GOES ]] || rm -rf "$BRIDGE_STATE"
 rm -rf "$STATE"
 if [[ $MODE == alias ]]; then say "removed the setup's addresses; $UPLINK is as it was"
 elif [[ $MODE == bridge ]]; then say "removed ${#present[@]} namespaces and $BRIDGE; ${UPLINK:-the uplink} is back as it was"
