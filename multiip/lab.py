@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +184,8 @@ def enter(lab: Lab, argv: Sequence[str]) -> list[str]:
         return execute.in_netns(lab.host_ns, argv)
     if inode != Path("/run/netns", lab.host_ns).stat().st_ino:  # a reused pid: not the lab's holder
         return execute.in_netns(lab.host_ns, argv)
-    return ["nsenter", f"--net=/run/netns/{lab.host_ns}", f"--mount=/proc/{pid}/ns/mnt", "--", *argv]
+    # entering a mount namespace starts at its root: --wd keeps the caller's directory (the same files there)
+    return ["nsenter", f"--net=/run/netns/{lab.host_ns}", f"--mount=/proc/{pid}/ns/mnt", f"--wd={os.getcwd()}", "--", *argv]
 
 
 def is_up(lab: Lab) -> bool:
