@@ -66,9 +66,9 @@ def gap_during(the_lab: labmod.Lab, argv: list[str]) -> tuple[float, dict[str, A
 def one(the_lab: labmod.Lab, mode: str, n: int) -> dict[str, Any]:
     p = f"b{tag()}"
     if mode == "alias":
-        args = ["--mode", "alias", "--count", str(n), "--prefix", p, "--address", "198.18.100.1/15"]
+        args = ["--mode", "alias", "--count", str(n), "--prefix", p, "--address", "198.18.100.1/16"]
     else:
-        args = ["--mode", mode, "--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/15"]
+        args = ["--mode", mode, "--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/16"]
     run_s, run_gap = gap_during(the_lab, multiip("run", *args, "--yes"))
     down_s, down_gap = gap_during(the_lab, multiip("down", "--prefix", p, "--yes"))
     return {

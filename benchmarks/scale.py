@@ -79,7 +79,7 @@ def seed_vs_run(host: str) -> dict[str, Any]:
         seed.write_text(SEED_LOOP)
         seed_s = timed(["bash", str(seed), p, str(n), "100"], host)
         seed_down(p, n, host)
-        args = ["--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/15"]
+        args = ["--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/16"]
         run_s = timed(multiip("run", *args, "--yes"), host)
         down(p, host)
         script = Path(tmp, "setup.sh")
@@ -98,7 +98,7 @@ def seed_vs_run(host: str) -> dict[str, Any]:
 
 def thousand(host: str) -> dict[str, Any]:
     n, p = 1000, f"k{tag()}"
-    args = ["--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/15"]
+    args = ["--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/16"]
     run_s = timed(multiip("run", *args, "--yes"), host)
     down_s = down(p, host)
     return {

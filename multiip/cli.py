@@ -42,7 +42,6 @@ Wait = Annotated[
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 LabName = Annotated[str, typer.Option("--name", help="Lab name: namespaces NAME-lan and NAME-host.")]
-UNDO = "`multiip down` removes what the setup made so far"
 
 
 def _version(value: bool) -> None:
@@ -205,7 +204,7 @@ def run(
         if o.mode == options.Mode.alias
         else f"multiip: {o.count} namespaces {t.prefix}0..{t.prefix}{o.count - 1} {where}"
     )
-    _run(script, title, UNDO, wait)
+    _run(script, title, wait=wait)  # an interrupted setup says itself what undoes it
 
 
 @app.command()

@@ -47,7 +47,7 @@ def test_alias_labels_its_addresses_and_down_removes_exactly_them(lab: labmod.La
     """Two addresses on the lab host's eth0 with the label eth0:PREFIX, its own address, routes and rules
     untouched; the host-wide port range changed only because it was asked, and put back by down."""
     before, uplink, ports = host_state(lab.host_ns, prefix), uplink_state(lab.host_ns), port_range(lab.host_ns)
-    cp = multiip("run", "--mode", "alias", "--prefix", prefix, "--addresses", "198.18.0.40,198.18.0.41/15",
+    cp = multiip("run", "--mode", "alias", "--prefix", prefix, "--addresses", "198.18.0.40,198.18.0.41/16",
                  "--port-range", "1024-65535", netns=lab.host_ns)  # fmt: skip
     assert "uplink eth0: keeps its addresses, routes and manager; 2 of 2 addresses to add" in cp.stderr
     labelled = {
@@ -59,7 +59,7 @@ def test_alias_labels_its_addresses_and_down_removes_exactly_them(lab: labmod.La
     assert port_range(lab.host_ns) == "1024-65535"
     status = json.loads(multiip("status", "--prefix", prefix, "--json", netns=lab.host_ns).stdout)
     assert status["mode"] == "alias"
-    assert [r["ipv4"] for r in status["namespaces"]] == ["198.18.0.40/15", "198.18.0.41/15"]
+    assert [r["ipv4"] for r in status["namespaces"]] == ["198.18.0.40/16", "198.18.0.41/16"]
     assert all(r["host"] for r in status["namespaces"])
     k6 = multiip("addrs", "--prefix", prefix, "--format", "k6", netns=lab.host_ns).stdout.strip()
     assert k6 == "198.18.0.40,198.18.0.41"
@@ -70,12 +70,12 @@ def test_alias_labels_its_addresses_and_down_removes_exactly_them(lab: labmod.La
                  check=False)  # fmt: skip
     assert cp.returncode != 0 and "covers every port" in cp.stderr
     # run again: nothing added twice; an address someone else has is refused before anything changes
-    multiip("run", "--mode", "alias", "--prefix", prefix, "--addresses", "198.18.0.40,198.18.0.41/15",
+    multiip("run", "--mode", "alias", "--prefix", prefix, "--addresses", "198.18.0.40,198.18.0.41/16",
             "--port-range", "1024-65535", netns=lab.host_ns)  # fmt: skip
     other = unique("t")
     cp = multiip("run", "--mode", "alias", "--prefix", other, "--addresses", "198.18.0.41,198.18.0.42",
                  netns=lab.host_ns, check=False)  # fmt: skip
-    assert cp.returncode != 0 and "198.18.0.41/15 is on eth0 already and is not from this setup" in cp.stderr
+    assert cp.returncode != 0 and "198.18.0.41/16 is on eth0 already and is not from this setup" in cp.stderr
     assert not Path(f"/run/multiip/{other}").exists()
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
     assert uplink_state(lab.host_ns) == uplink and port_range(lab.host_ns) == ports
@@ -123,7 +123,7 @@ def test_doctor_and_run_on_a_cloud_instance(lab: labmod.Lab, prefix: str, tmp_pa
     (tmp_path / "product_name").write_text("Virtual Machine\n")
     (tmp_path / "chassis_asset_tag").write_text("7783-7084-3265-9085-8269-3286-77\n")
     assert doctor(lab.host_ns, MULTIIP_DMI_DIR=str(tmp_path))["cloud"] == "Microsoft Azure"
-    static = ["--dhcp", "none", "--address", "198.18.121.1/15"]
+    static = ["--dhcp", "none", "--address", "198.18.121.1/16"]
     multiip("run", "--mode", "macvlan", "--prefix", prefix, "--count", "2", *static, netns=lab.host_ns,
             env={**env, "MULTIIP_SKIP_CLOUD_CHECK": "1"})  # fmt: skip
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)

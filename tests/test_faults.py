@@ -18,7 +18,7 @@ from helpers import fake_sysctls, host_state, leftovers, multiip, ours, running_
 from multiip import lab as labmod
 
 pytestmark = pytest.mark.root
-STATIC = ["--dhcp", "none", "--address", "198.18.250.1/15"]
+STATIC = ["--dhcp", "none", "--address", "198.18.250.1/16"]
 
 
 def multiip_bg(*args: str, netns: str) -> subprocess.Popen[str]:
@@ -60,9 +60,8 @@ def test_a_move_killed_half_way_is_finished_by_a_rerun(lab: labmod.Lab, prefix: 
     args = ["run", "--prefix", prefix, "--count", "2", *STATIC, "--yes"]
     multiip(*args, netns=lab.host_ns)
     moved = host_state(lab.host_ns, prefix)
-    state = Path(f"/run/multiip/{prefix}")
-    (state / "moved").unlink()
-    half = ["address del 198.18.0.2/15 dev br0", "address add 198.18.0.2/15 brd 198.19.255.255 dev eth0",
+    Path("/run/multiip/.bridge-br0/moved").unlink()  # the bridge's record of the finished move
+    half = ["address del 198.18.0.2/16 dev br0", "address add 198.18.0.2/16 brd 198.18.255.255 dev eth0",
             "route replace default via 198.18.0.1 dev eth0"]  # fmt: skip
     sh("ip", "-batch", "-", input="\n".join(half) + "\n", netns=lab.host_ns)
     again = multiip(*args, netns=lab.host_ns)
@@ -131,9 +130,9 @@ def test_a_bridge_no_setup_made_is_never_taken_over_or_removed(lab: labmod.Lab, 
     port or an address (docker0, virbr0) is refused; an empty one is used and left in place."""
     bridge = f"{prefix}br"
     own = [f"link add name {bridge} type bridge", f"link set dev eth0 master {bridge}", f"link set dev {bridge} up",
-           "address del 198.18.0.2/15 dev eth0", f"address add 198.18.0.2/15 dev {bridge}",
+           "address del 198.18.0.2/16 dev eth0", f"address add 198.18.0.2/16 dev {bridge}",
            f"route replace default via 198.18.0.1 dev {bridge}"]  # fmt: skip
-    undo = ["link set dev eth0 nomaster", f"link del dev {bridge}", "address add 198.18.0.2/15 dev eth0",
+    undo = ["link set dev eth0 nomaster", f"link del dev {bridge}", "address add 198.18.0.2/16 dev eth0",
             "route replace default via 198.18.0.1 dev eth0"]  # fmt: skip
     sh("ip", "-batch", "-", input="\n".join(own) + "\n", netns=lab.host_ns)
     try:
@@ -143,7 +142,7 @@ def test_a_bridge_no_setup_made_is_never_taken_over_or_removed(lab: labmod.Lab, 
         refused = multiip("run", "--prefix", prefix, "--bridge", bridge, "--uplink", "eth0", "--count", "1", *STATIC,
                           "--yes", netns=lab.host_ns, check=False)  # fmt: skip
         last = refused.stderr.strip().splitlines()[-1]
-        assert f"bridge {bridge} exists and no multiip setup made it (ports: eth0; addresses: 198.18.0.2/15)" in last
+        assert f"bridge {bridge} exists and no multiip setup made it (ports: eth0; addresses: 198.18.0.2/16)" in last
         assert host_state(lab.host_ns, prefix) == theirs and not ours(prefix)
     finally:
         sh("ip", "-force", "-batch", "-", input="\n".join(undo) + "\n", netns=lab.host_ns)
@@ -180,7 +179,7 @@ def test_tune_host_with_two_setups_restores_when_the_last_goes(
     monkeypatch.setenv("MULTIIP_SYSCTL_DIR", str(fake))
     other = prefix + "o"
     multiip("run", "--prefix", prefix, "--count", "2", *STATIC, "--tune-host", "--yes", netns=lab.host_ns)
-    multiip("run", "--prefix", other, "--count", "2", "--dhcp", "none", "--address", "198.18.251.1/15",
+    multiip("run", "--prefix", other, "--count", "2", "--dhcp", "none", "--address", "198.18.251.1/16",
             "--tune-host", "--yes", netns=lab.host_ns)  # fmt: skip
     raised = {k: (fake / k).read_text().strip() for k in values}
     assert raised["net/ipv4/neigh/default/gc_thresh3"] == "260"
@@ -214,7 +213,7 @@ def test_ctrl_c_under_run_waits_for_the_script_and_says_where(lab: labmod.Lab, p
     assert proc.wait(timeout=60) == 130
     last = rest.strip().splitlines()[-1]
     assert last.startswith('multiip: error: interrupted during step "300 namespaces'), rest
-    assert last.endswith("`multiip down` removes what the setup made so far"), last
+    assert last.endswith(f"`multiip down --prefix {prefix}` removes what the setup made so far"), last
     assert "Traceback" not in rest
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
     assert host_state(lab.host_ns, prefix) == before

@@ -95,7 +95,7 @@ def check_managed(
             held = [d for d in devices if d.split(":")[0].startswith(("br0", f"{prefix}-b")) and "unmanaged" not in d]
             assert held == [], f"NetworkManager holds {held}"
         else:
-            ours_on_bridge = f"/run/multiip/{prefix}/host.pid"  # the udhcpc of the setup, renewing on br0
+            ours_on_bridge = "/run/multiip/.bridge-br0/host.pid"  # the bridge's udhcpc, renewing on br0
             running = [a for a in processes(the_lab.host_ns, manager) if ours_on_bridge not in a]
             assert running == [], f"{manager} still runs on the uplink or a port: {running}"
         multiip("down", "--prefix", prefix, "--yes", netns=the_lab.host_ns)

@@ -19,7 +19,7 @@ from multiip import lab as labmod
 
 pytestmark = pytest.mark.root
 
-LAB_NET = ipaddress.IPv4Network("198.18.0.0/15")
+LAB_NET = ipaddress.IPv4Network("198.18.0.0/16")
 
 
 def releases(lab: labmod.Lab) -> int:
@@ -152,7 +152,7 @@ def test_script_and_run_leave_the_same_host(lab: labmod.Lab, prefix: str, tmp_pa
         "--dhcp",
         "none",
         "--address",
-        "198.18.200.1/15",
+        "198.18.200.1/16",
         "--bridge-tool",
         "brctl",
     ]
@@ -166,7 +166,7 @@ def test_script_and_run_leave_the_same_host(lab: labmod.Lab, prefix: str, tmp_pa
     assert by_run == by_script
     assert by_run["namespaces"][f"{prefix}5"]["addresses"] == [
         ("lo", "127.0.0.1", 8),
-        (f"{prefix}-t5", "198.18.200.6", 15),
+        (f"{prefix}-t5", "198.18.200.6", 16),
     ]
     assert by_run["namespaces"][f"{prefix}0"]["ports"] == ["1024", "65535"]
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
@@ -177,22 +177,22 @@ def test_static_namespaces_have_their_insides_and_no_ipv6_link_local(lab: labmod
     """Each namespace: lo and its veth end up, the address and default route, the port range, and no IPv6
     link-local address on either veth end (their DAD/MLD floods slow 1000 namespaces down)."""
     before = host_state(lab.host_ns, prefix)
-    multiip("run", "--prefix", prefix, "--count", "5", "--dhcp", "none", "--address", "198.18.210.1/15", "--yes",
+    multiip("run", "--prefix", prefix, "--count", "5", "--dhcp", "none", "--address", "198.18.210.1/16", "--yes",
             netns=lab.host_ns)  # fmt: skip
     made = host_state(lab.host_ns, prefix)
     inside = made["namespaces"][f"{prefix}4"]
     assert inside["ipv6"] == [("lo", "::1")] and made["ports_ipv6"] == []
     assert inside["ports"] == ["1024", "65535"]
     assert inside["links"] == [("lo", "UNKNOWN"), (f"{prefix}-t4", "UP")]
-    assert inside["addresses"] == [("lo", "127.0.0.1", 8), (f"{prefix}-t4", "198.18.210.5", 15)]
-    assert [json.loads(r)["dst"] for r in inside["routes"]] == ["198.18.0.0/15", "default"]
+    assert inside["addresses"] == [("lo", "127.0.0.1", 8), (f"{prefix}-t4", "198.18.210.5", 16)]
+    assert [json.loads(r)["dst"] for r in inside["routes"]] == ["198.18.0.0/16", "default"]
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
     assert_clean(lab, prefix, before)
 
 
 def test_a_prefix_that_is_another_setups_prefix_plus_digits_touches_nothing_of_it(lab: labmod.Lab, prefix: str) -> None:
     """ns1 + 0 is ns10: a setup's namespaces are the ones it recorded, never a name pattern."""
-    args = ["--dhcp", "none", "--address", "198.18.240.1/15", "--yes"]
+    args = ["--dhcp", "none", "--address", "198.18.240.1/16", "--yes"]
     multiip("run", "--prefix", prefix, "--count", "12", *args, netns=lab.host_ns)
     made = host_state(lab.host_ns, prefix)
     other = prefix + "1"
@@ -304,7 +304,7 @@ def test_host_limits_refuse_then_tune_host_raises_and_down_restores(
     fake = fake_sysctls(tmp_path / "sys", values)
     monkeypatch.setenv("MULTIIP_SYSCTL_DIR", str(fake))
     before = host_state(lab.host_ns, prefix)
-    args = ["--prefix", prefix, "--count", "3", "--dhcp", "none", "--address", "198.18.210.1/15", "--yes"]
+    args = ["--prefix", prefix, "--count", "3", "--dhcp", "none", "--address", "198.18.210.1/16", "--yes"]
     cp = multiip("run", *args, netns=lab.host_ns, check=False)
     assert cp.returncode != 0
     last = cp.stderr.strip().splitlines()[-1]
@@ -337,7 +337,7 @@ def test_interrupted_setup_says_so_and_down_cleans_up(
     monkeypatch.setenv("MULTIIP_SYSCTL_DIR", str(fake))
     before = host_state(lab.host_ns, prefix)
     setup = render_to(tmp_path, "setup.sh", "--prefix", prefix, "--count", "600", "--dhcp", "none",
-                      "--address", "198.18.220.1/15")  # fmt: skip
+                      "--address", "198.18.220.1/16")  # fmt: skip
     proc = subprocess.Popen(
         [*within(lab.host_ns), "bash", str(setup)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
@@ -365,7 +365,7 @@ def test_confirm_puts_the_uplink_back_without_an_answer_and_keeps_it_with_one(
     """--confirm, like netplan try: over a (pseudo) terminal, no Enter within the time reverts the move."""
     before = host_state(lab.host_ns, prefix)
     setup = render_to(tmp_path, "setup.sh", "--prefix", prefix, "--count", "2", "--dhcp", "none",
-                      "--address", "198.18.230.1/15", "--confirm", "2")  # fmt: skip
+                      "--address", "198.18.230.1/16", "--confirm", "2")  # fmt: skip
     in_pty = f"nsenter --net=/run/netns/{lab.host_ns} bash {setup}"
     no_tty = sh("bash", str(setup), netns=lab.host_ns, check=False, stdin=subprocess.DEVNULL, start_new_session=True)
     assert no_tty.returncode != 0 and "there is none" in no_tty.stderr and not ours(prefix)
@@ -373,7 +373,7 @@ def test_confirm_puts_the_uplink_back_without_an_answer_and_keeps_it_with_one(
     silent = subprocess.run(f"(sleep 5) | script -qec '{in_pty}' /dev/null", shell=True, capture_output=True, text=True)
     assert "not confirmed within 2 s: eth0 is back as it was" in silent.stdout, silent.stdout
     uplink = [(n, a, p) for n, a, p, *_ in host_state(lab.host_ns, prefix)["addresses"]]
-    assert ("eth0", str(lab.host_ip), 15) in uplink and not any(n == "br0" for n, _, _ in uplink)
+    assert ("eth0", str(lab.host_ip), lab.prefixlen) in uplink and not any(n == "br0" for n, _, _ in uplink)
     assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "eth0"
 
     answered = subprocess.run(f"(sleep 1; echo) | script -qec '{in_pty}' /dev/null", shell=True,

@@ -62,7 +62,7 @@ def test_macvlan_goes_past_one_bridges_1022(
     try:
         before = host_state(lab.host_ns, prefix)
         multiip("run", "--mode", "macvlan", "--prefix", prefix, "--count", "1100", "--dhcp", "none",
-                "--address", "198.18.100.1/15", "--yes", netns=lab.host_ns)  # fmt: skip
+                "--address", "198.18.100.1/16", "--yes", netns=lab.host_ns)  # fmt: skip
         assert len(ours(prefix)) == 1100
         for ns in (f"{prefix}0", f"{prefix}1099"):
             assert reaches(ns, str(lab.lan_ip), lab.port)
@@ -94,7 +94,7 @@ def test_ipvlan_shares_the_uplinks_mac_or_is_refused_with_the_reason(lab: labmod
 
 
 def test_a_setup_keeps_its_mode(lab: labmod.Lab, prefix: str) -> None:
-    static = ["--dhcp", "none", "--address", "198.18.120.1/15", "--yes"]
+    static = ["--dhcp", "none", "--address", "198.18.120.1/16", "--yes"]
     multiip("run", "--mode", "macvlan", "--prefix", prefix, "--count", "2", *static, netns=lab.host_ns)
     cp = multiip("run", "--prefix", prefix, "--count", "2", *static, netns=lab.host_ns, check=False)
     assert cp.returncode != 0 and f"prefix {prefix} is set up with --mode macvlan" in cp.stderr
