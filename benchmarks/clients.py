@@ -27,7 +27,7 @@ from multiip import execute, lab, render
 from multiip.plan import make_plan
 
 NAMESPACES, PER_NAMESPACE, SECONDS = 4, 17_000, 15
-LOCUST_USERS, LOCUST_SECONDS = 68_000, 45
+LOCUST_USERS, LOCUST_HOLD = 68_000, 30  # users; seconds they run on once every one has connected
 
 
 def main() -> dict[str, Any]:
@@ -58,7 +58,7 @@ def main() -> dict[str, Any]:
             out, _ = client.communicate()
             rates = [float(m) for m in re.findall(r"\| Requests/sec:\s+([\d.]+)", out)]
             time.sleep(5)  # wrk's connections closed: the server starts from none
-            locust = run_locust(the_lab, plan.target.prefix, LOCUST_USERS, 4000, LOCUST_SECONDS, Path(tmp))
+            locust = run_locust(the_lab, plan.target.prefix, LOCUST_USERS, 4000, Path(tmp), hold_for=LOCUST_HOLD)
         finally:
             execute.run_script(render.teardown_script(plan.target), show, within=lab.enter(the_lab, []))
     stats = {(x["method"], x["name"]): x for x in locust["stats"]}
@@ -84,7 +84,8 @@ def main() -> dict[str, Any]:
             "requests_per_second": round(gets["num_requests"] / seconds) if seconds > 0 else None,
             "seconds_to_every_worker": locust["seconds_to_every_worker"],
             "seconds_to_every_user": locust["seconds_to_every_user"],
-            "run_seconds": LOCUST_SECONDS,
+            "seconds_to_every_connect": locust["seconds_to_every_connect"],
+            "held_on_seconds": LOCUST_HOLD,
             "request_every_seconds_per_user": 10,
         },
     }

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -162,6 +163,54 @@ def stop_session(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
             continue
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # what the program left in its session goes with it
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (a daemon that left its session) become this process's children, not init's."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise MultiipError(f"cannot become a subreaper: {os.strerror(ctypes.get_errno())}")
+
+
+def _descendants() -> list[int]:
+    """Every living process below this one (children of children, and the orphans it adopted)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if state != "Z":
+            parents.setdefault(int(ppid), []).append(int(stat.parent.name))
+    found, todo = [], [os.getpid()]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_descendants(grace: float = 1.0) -> None:
+    """SIGTERM every descendant, SIGKILL those still there after ``grace`` seconds, and reap them."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        deadline = time.monotonic() + wait
+        while (pids := _descendants()) and time.monotonic() < deadline:
+            for pid in pids:  # again each round: one may have forked meanwhile
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            time.sleep(0.05)
+            _reap()
+    _reap()
+
+
+def _reap() -> None:
+    """Collect the exit status of every child that has ended (the adopted orphans)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] != 0:
+            pass
 
 
 def in_netns_with_resolver(namespace: str, argv: Sequence[str]) -> list[str]:

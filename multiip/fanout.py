@@ -2,12 +2,15 @@
 
 Each run gets ``{ns}``, ``{ip}`` and ``{index}`` replaced in its arguments and ``MULTIIP_NS``,
 ``MULTIIP_IP``, ``MULTIIP_INDEX`` in its environment, the open-file soft limit raised to the hard one and
-the namespace's own resolver file. Runs start in their own sessions; Ctrl-C, an error or the end stops
-every session that is still there, so no process outlives the command.
+the namespace's own resolver file. Runs start in their own sessions; a run is over when its command
+exits (whether or not something of it still holds its output), and then whatever it left in its session
+goes. ``exec`` is the subreaper of everything it starts, so a process that left its session (setsid) is
+stopped too when ``exec`` ends, by Ctrl-C, an error or the end: no process outlives the command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import subprocess
@@ -39,6 +42,7 @@ class Run:
     buf: bytes = b""
     ended: float | None = None
     code: int | None = None
+    eof: bool = False  # its output closed
 
 
 def argv_for(command: Sequence[str], target: Target) -> list[str]:
@@ -63,11 +67,27 @@ def fan_out(
     line (unless ``output`` is a directory that gets one file per namespace). Returns one summary row
     per target: namespace, ip, exit code (negative: killed by that signal), seconds."""
     raise_fd_limit()  # the runs inherit it: as many sockets as this host allows a process
+    execute.become_subreaper()  # what a run leaves behind, in a session of its own too, is ours to stop
     waiting = list(targets)
     running: list[Run] = []
     done: list[Run] = []
     sel = selectors.DefaultSelector()
     cwd = os.getcwd()
+
+    def finish(run: Run) -> None:  # its command has exited: what it wrote, then what it left behind goes
+        assert run.proc.stdout is not None
+        if not run.eof:
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(run.proc.stdout.fileno(), 65536):
+                    run.buf += chunk
+            sel.unregister(run.proc.stdout)
+        run.code = run.proc.returncode
+        run.ended = time.monotonic()
+        _emit(run, run.buf, show, final=True)
+        running.remove(run)
+        done.append(run)
+        execute.stop_session(run.proc, grace=0.5)
+
     try:
         while waiting or running:
             while waiting and len(running) < parallel:
@@ -85,25 +105,23 @@ def fan_out(
             for key, _ in sel.select(0.2):
                 run = key.data
                 chunk = os.read(key.fd, 65536)
-                if not chunk:
+                if not chunk:  # the output closed; the command may still run (it is done when it exits)
                     sel.unregister(key.fileobj)
-                    run.code = run.proc.wait()
-                    run.ended = time.monotonic()
-                    _emit(run, run.buf, show, final=True)
-                    running.remove(run)
-                    done.append(run)
-                    execute.stop_session(run.proc, grace=0.5)  # what it left behind in its session
+                    run.eof = True
                     continue
                 run.buf += chunk
                 *lines, run.buf = run.buf.split(b"\n")
                 for line in lines:
                     _emit(run, line + b"\n", show)
+            for run in [r for r in running if r.proc.poll() is not None]:
+                finish(run)
     finally:
         for run in running:  # Ctrl-C or an error: every session still there goes
             execute.stop_session(run.proc)
             run.code = run.proc.returncode
             run.ended = time.monotonic()
             done.append(run)
+        execute.stop_descendants()  # and whatever left its session (setsid), orphaned to us
         for run in done:
             if run.sink is not None:
                 run.sink.close()

@@ -54,7 +54,8 @@ class Share:
     ranges: list[tuple[int, int]]  # the ports to bind, inclusive ranges
     ports: int  # how many ports the address has here
     host: bool = False  # --mode alias: the workers run in this namespace, the host's
-    workers: list[tuple[int, int]] = field(default_factory=list)  # (lo, hi) per worker
+    workers: list[list[tuple[int, int]]] = field(default_factory=list)  # the ranges of each worker
+    spared: list[int] = field(default_factory=list)  # --mode alias: ports left alone, the host listens on or reserves
 
     @property
     def count(self) -> int:
@@ -73,16 +74,64 @@ def _read_int(path: str) -> int | None:
         return None
 
 
-def usable_ports(row: state.NamespaceStatus) -> list[tuple[int, int]]:
+def host_ports_in_use() -> list[int]:
+    """The TCP ports this host listens on (any address) or reserves for services to come
+    (net.ipv4.ip_local_reserved_ports, the kernel's way of saying so): hold leaves them alone."""
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        ports |= {int(r.split()[1].rsplit(":", 1)[1], 16) for r in rows if r.split()[3] == "0A"}  # 0A: LISTEN
+    try:
+        reserved = Path("/proc/sys/net/ipv4/ip_local_reserved_ports").read_text().strip()
+    except OSError:
+        reserved = ""
+    for part in filter(None, reserved.split(",")):
+        lo, _, hi = part.partition("-")
+        ports |= set(range(int(lo), int(hi or lo) + 1))
+    return sorted(ports)
+
+
+def without(ranges: list[tuple[int, int]], ports: list[int]) -> list[tuple[int, int]]:
+    """The ranges with these ports cut out."""
+    out = []
+    for lo, hi in ranges:
+        for p in (p for p in ports if lo <= p <= hi):
+            if lo < p:
+                out.append((lo, p - 1))
+            lo = p + 1
+        if lo <= hi:
+            out.append((lo, hi))
+    return out
+
+
+def usable_ports(row: state.NamespaceStatus, in_use: list[int]) -> list[tuple[int, int]]:
     """The ports hold binds for one address. In a namespace: its port range. On the host (--mode alias):
     every port outside the host's own range, because a port bound on any address is one the host's own
     connect() calls can no longer take (measured: all of the range bound on another address, and a plain
-    connect() fails with EADDRNOTAVAIL)."""
+    connect() fails with EADDRNOTAVAIL), but for ``in_use``: the ports the host's services have."""
     lo, hi = (int(x) for x in (row.port_range or "32768-60999").split("-"))
     if not row.host:
         return [(lo, hi)]
     first, last = options.NAMESPACE_PORTS
-    return [(a, b) for a, b in ((first, lo - 1), (hi + 1, last)) if a <= b]
+    return without([(a, b) for a, b in ((first, lo - 1), (hi + 1, last)) if a <= b], in_use)
+
+
+def split(ranges: list[tuple[int, int]], k: int) -> list[list[tuple[int, int]]]:
+    """The ports of ranges in k parts of (nearly) equal size, in order, each as ranges."""
+    each = math.ceil(size(ranges) / k)
+    parts: list[list[tuple[int, int]]] = [[]]
+    for lo, hi in ranges:
+        while lo <= hi:
+            room = each - size(parts[-1])
+            if room == 0:
+                parts.append([])
+                continue
+            parts[-1].append((lo, min(hi, lo + room - 1)))
+            lo += room
+    return parts
 
 
 def _take(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
@@ -99,9 +148,10 @@ def _take(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
 def plan_shares(target: Target, per_ip: int | None) -> list[Share]:
     rows = state.addressed(target)
     per_worker = fd_limit() - FD_MARGIN
+    in_use = host_ports_in_use() if rows and rows[0].host else []
     shares = []
     for r in rows:
-        usable = usable_ports(r)
+        usable = usable_ports(r, in_use)
         have = size(usable)
         if have == 0:
             raise MultiipError(
@@ -114,11 +164,8 @@ def plan_shares(target: Target, per_ip: int | None) -> list[Share]:
             where = "ports outside the host's own range" if r.host else "ports in its range"
             raise MultiipError(f"--per-ip {n}: {r.name}'s {r.ipv4} has {have} {where} ({r.port_range})")
         assert r.ipv4 is not None
-        share = Share(r.name, r.ipv4.split("/")[0], _take(usable, n), have, r.host)
-        for lo, hi in share.ranges:
-            k = math.ceil((hi - lo + 1) / per_worker)
-            step = math.ceil((hi - lo + 1) / k)
-            share.workers += [(a, min(a + step - 1, hi)) for a in range(lo, hi + 1, step)]
+        share = Share(r.name, r.ipv4.split("/")[0], _take(usable, n), have, r.host, spared=in_use)
+        share.workers = split(share.ranges, math.ceil(share.count / per_worker))
         shares.append(share)
     return shares
 
@@ -133,9 +180,16 @@ def preflight(shares: list[Share]) -> list[str]:
     ]
     small = [s for s in shares if s.ports < 64512]
     if small and small[0].host:
+        spared = small[0].spared
         notes.append(
-            f"--mode alias: each address binds the {small[0].ports:,} ports outside the host's own range "
-            f"({', '.join(f'{a}-{b}' for a, b in small[0].ranges)}), which stays free for the host's connections"
+            f"--mode alias: each address binds the {small[0].ports:,} ports outside the host's own range, which "
+            "stays free for the host's connections"
+            + (
+                f", but for the {len(spared)} the host listens on or reserves (net.ipv4.ip_local_reserved_ports: "
+                f"{', '.join(map(str, spared[:8]))}{', ...' if len(spared) > 8 else ''}), left to its services"
+                if spared
+                else ""
+            )
         )
     elif small:
         notes.append(
@@ -171,16 +225,18 @@ def preflight(shares: list[Share]) -> list[str]:
 @dataclass
 class Worker:
     share: Share
-    lo: int
-    hi: int
+    ports: list[tuple[int, int]]
     proc: subprocess.Popen[bytes]
     buf: bytes = b""
     last: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
 
 
-def _spawn(share: Share, lo: int, hi: int, server: Server, rate: float, bind: bool) -> subprocess.Popen[bytes]:
-    argv = execute.python_module("multiip.holdworker", share.ip, str(lo), str(hi), str(server.host), str(server.port))
+def _spawn(
+    share: Share, ports: list[tuple[int, int]], server: Server, rate: float, bind: bool
+) -> subprocess.Popen[bytes]:
+    spec = ",".join(f"{lo}-{hi}" for lo, hi in ports)
+    argv = execute.python_module("multiip.holdworker", share.ip, spec, str(server.host), str(server.port))
     argv += ["--rate", repr(rate), "--parent", str(os.getpid())]  # repr: exact, a low share never becomes 0
     if not bind:
         argv.append("--no-bind")
@@ -215,8 +271,8 @@ def hold(
     interrupted = False
     try:
         for share in shares:
-            for lo, hi in share.workers:
-                w = Worker(share, lo, hi, _spawn(share, lo, hi, server, per_worker_rate, bind))
+            for ports in share.workers:
+                w = Worker(share, ports, _spawn(share, ports, server, per_worker_rate, bind))
                 workers.append(w)
                 assert w.proc.stdout is not None
                 os.set_blocking(w.proc.stdout.fileno(), False)

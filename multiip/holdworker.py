@@ -9,7 +9,7 @@ It dies with its parent (PR_SET_PDEATHSIG), so no worker outlives ``multiip hold
 
 With ``--no-bind`` it makes as many plain connect() calls instead, letting the kernel search for free
 ports (the slow way, kept for comparison). Run as
-``python -m multiip.holdworker SRC LO HI HOST PORT [--rate R] [--parent PID] [--no-bind]``.
+``python -m multiip.holdworker SRC LO-HI[,LO-HI...] HOST PORT [--rate R] [--parent PID] [--no-bind]``.
 """
 
 from __future__ import annotations
@@ -52,11 +52,15 @@ def errname(code: int) -> str:
     return errno.errorcode.get(code, f"errno{code}")
 
 
+def port_list(text: str) -> list[tuple[int, int]]:
+    """LO-HI[,LO-HI...] as inclusive ranges."""
+    return [(int(lo), int(hi)) for lo, hi in (part.split("-") for part in text.split(","))]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m multiip.holdworker")
     ap.add_argument("src")
-    ap.add_argument("lo", type=int)
-    ap.add_argument("hi", type=int)
+    ap.add_argument("ports", type=port_list, help="the source ports to bind: LO-HI[,LO-HI...]")
     ap.add_argument("host")
     ap.add_argument("port", type=int)
     ap.add_argument("--rate", type=float, default=0.0, help="connections per second; 0: as fast as possible")
@@ -76,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     held: dict[int, socket.socket] = {}
     failed: Counter[str] = Counter()
     peak = lost = finished = 0
-    port = args.lo
+    ports = [p for lo, hi in args.ports for p in range(lo, hi + 1)]
+    started = 0  # of ports: the next one to bind is ports[started]
     start = time.monotonic()
     next_report = next_timeout_scan = 0.0
     out = sys.stdout
 
     def report(**extra: object) -> None:
-        done = port > args.hi and not pending
+        done = started == len(ports) and not pending
         line = {"est": len(held), "peak": peak, "fail": dict(failed), "done": done, "lost": lost, **extra}
         out.write(json.dumps(line) + "\n")
         out.flush()
@@ -97,20 +102,23 @@ def main(argv: list[str] | None = None) -> int:
         now = time.monotonic()
         budget = args.inflight - len(pending)
         if args.rate > 0:
-            allowed = int((now - start) * args.rate) - (port - args.lo)
+            allowed = int((now - start) * args.rate) - started
             budget = min(budget, allowed)
-        while budget > 0 and port <= args.hi:
+        while budget > 0 and started < len(ports):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            # SO_REUSEADDR: a service that binds the port on any address later (with SO_REUSEADDR, as servers
+            # do) still can, while this connected socket holds it on one address
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            port = ports[started]
+            started += 1
             if not args.no_bind:
                 try:
                     sock.bind((args.src, port))
                 except OSError as e:
-                    port += 1
                     fail(sock, e.errno or 0)
                     continue
-            port += 1
             budget -= 1
             rc = sock.connect_ex(server)
             if rc == errno.EINPROGRESS:
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 finished += 1
             else:
                 fail(sock, rc)
-        for fd, ev in ep.poll(0.05 if port <= args.hi else 0.2, 4096):
+        for fd, ev in ep.poll(0.05 if started < len(ports) else 0.2, 4096):
             if fd in pending:
                 sock, _ = pending.pop(fd)
                 code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 sock, _ = pending.pop(fd)
                 ep.unregister(fd)
                 fail(sock, errno.ETIMEDOUT)
-        if peak == 0 and finished >= min(FATAL_AFTER, args.hi - args.lo + 1) and failed:
+        if peak == 0 and finished >= min(FATAL_AFTER, len(ports)) and failed:
             report(fatal=failed.most_common(1)[0][0])
             return 3
         if now >= next_report:

@@ -185,7 +185,8 @@ def enter(lab: Lab, argv: Sequence[str]) -> list[str]:
     if inode != Path("/run/netns", lab.host_ns).stat().st_ino:  # a reused pid: not the lab's holder
         return execute.in_netns(lab.host_ns, argv)
     # entering a mount namespace starts at its root: --wd keeps the caller's directory (the same files there)
-    return ["nsenter", f"--net=/run/netns/{lab.host_ns}", f"--mount=/proc/{pid}/ns/mnt", f"--wd={os.getcwd()}", "--", *argv]
+    net, mnt = f"--net=/run/netns/{lab.host_ns}", f"--mount=/proc/{pid}/ns/mnt"
+    return ["nsenter", net, mnt, f"--wd={os.getcwd()}", "--", *argv]
 
 
 def is_up(lab: Lab) -> bool:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import multiip, ours
@@ -135,3 +136,39 @@ def test_shell_completion_after_install() -> None:
     assert subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split() == ["render"]
     env = {**env, "COMP_WORDS": "multiip run --dh", "COMP_CWORD": "2"}
     assert subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split() == ["--dhcp"]
+
+
+def as_nobody(argv: list[str]) -> tuple[int, str]:
+    """`multiip ARGV` run by a normal user (uid/gid nobody, no capability): in a forked child of this test,
+    so it needs no Python of its own that such a user may run. Returns its exit status and stderr."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root for good, then the CLI as a user would run it
+        code = 70
+        try:
+            os.dup2(write, 2)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            sys.argv = ["multiip", *argv]
+            cli.main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as err:
+        said = err.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), said
+
+
+@pytest.mark.root
+def test_a_normal_users_status_and_addrs_say_root_is_needed_never_that_there_is_no_setup(lab: Any, prefix: str) -> None:
+    multiip("run", "--mode", "alias", "--prefix", prefix, "--addresses", "198.18.0.44", netns=lab.host_ns)
+    try:
+        for command in (["status", "--prefix", prefix], ["addrs", "--prefix", prefix], ["status", "--json"]):
+            code, said = as_nobody(command)
+            assert code != 0 and len(said.splitlines()) == 1, said
+            assert "readable by root only: run it as root (sudo multiip ...)" in said and "no setup" not in said, said
+    finally:
+        multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)

@@ -38,7 +38,7 @@ def port_range(netns: str) -> str:
 
 
 def doctor(netns: str, **env: str) -> dict[str, str]:
-    cp = multiip("doctor", "--json", netns=netns, env={**os.environ, **env})
+    cp = multiip("doctor", "--probe", "--json", netns=netns, env={**os.environ, **env})
     found: dict[str, str] = json.loads(cp.stdout)
     return found
 
@@ -88,6 +88,40 @@ def test_an_address_outside_the_uplinks_subnets_needs_its_length(lab: labmod.Lab
                  check=False)  # fmt: skip
     assert cp.returncode != 0 and "10.9.8.7 is in none of the subnets of eth0" in cp.stderr
     assert host_state(lab.host_ns, prefix) == before
+
+
+def test_static_addresses_the_lan_cannot_have_are_refused_before_anything_changes(lab: labmod.Lab, prefix: str) -> None:
+    """Outside the uplink's subnet, another prefix length, the gateway, the network and broadcast addresses, an
+    address someone on the LAN answers for (a duplicate-address ARP probe): each refused with the reason, in
+    every mode, with nothing changed; --off-subnet takes a block routed to the host."""
+    before = host_state(lab.host_ns, prefix)
+    alias, static = ["--mode", "alias", "--addresses"], ["--dhcp", "none", "--count", "2", "--address"]
+    for args, why in (
+        ([*alias, "10.0.0.50/8"], "address 10.0.0.50 is in none of the subnets of eth0"),
+        ([*alias, "198.18.0.50/24"], "address 198.18.0.50/24: the LAN's subnet there is /16"),
+        ([*alias, str(lab.lan_ip)], f"address {lab.lan_ip} is the default gateway"),
+        ([*alias, "198.18.0.0"], "address 198.18.0.0 is the network address of its subnet /16"),
+        ([*alias, "198.18.255.255"], "address 198.18.255.255 is the broadcast address of its subnet /16"),
+        ([*alias, str(lab.second_router)], f"address {lab.second_router} is answered on the LAN (by "),
+        (["--mode", "macvlan", *static, f"{lab.second_router}/16"], f"address {lab.second_router} is answered"),
+        (["--mode", "bridge", *static, "10.0.0.10/24", "--gateway", "10.0.0.1"], "is in none of the subnets"),
+    ):
+        cp = multiip("run", "--prefix", prefix, *args, "--yes", netns=lab.host_ns, check=False)
+        last = cp.stderr.strip().splitlines()[-1]
+        assert cp.returncode != 0 and why in last and last.endswith("nothing was changed"), (args, last)
+        assert host_state(lab.host_ns, prefix) == before and not Path(f"/run/multiip/{prefix}").exists(), args
+    multiip("run", "--prefix", prefix, *alias, "10.9.8.7/32", "--off-subnet", netns=lab.host_ns)
+    assert ("eth0", "10.9.8.7", 32) in [(n, a, p) for n, a, p, *_ in host_state(lab.host_ns, prefix)["addresses"]]
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    assert host_state(lab.host_ns, prefix) == before
+
+
+def test_doctor_probes_from_a_new_mac_only_when_asked(lab: labmod.Lab) -> None:
+    log = (lab.state_dir / "dnsmasq.log").read_text()
+    found = json.loads(multiip("doctor", "--json", netns=lab.host_ns).stdout)
+    assert found["new_mac"] == found["dhcp"] == "untested" and "probe_mac" not in found
+    assert found["mode_macvlan"].startswith("yes, if the network takes new MACs (not probed")
+    assert (lab.state_dir / "dnsmasq.log").read_text() == log  # no DHCP request was sent
 
 
 def test_doctor_on_an_ordinary_lan(lab: labmod.Lab) -> None:

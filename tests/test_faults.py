@@ -16,6 +16,8 @@ import pytest
 from helpers import fake_sysctls, host_state, leftovers, multiip, ours, running_lab, sh, within
 
 from multiip import lab as labmod
+from multiip import state
+from multiip.plan import make_target
 
 pytestmark = pytest.mark.root
 STATIC = ["--dhcp", "none", "--address", "198.18.250.1/16"]
@@ -60,8 +62,9 @@ def test_a_move_killed_half_way_is_finished_by_a_rerun(lab: labmod.Lab, prefix: 
     args = ["run", "--prefix", prefix, "--count", "2", *STATIC, "--yes"]
     multiip(*args, netns=lab.host_ns)
     moved = host_state(lab.host_ns, prefix)
-    Path("/run/multiip/.bridge-br0/moved").unlink()  # the bridge's record of the finished move
-    half = ["address del 198.18.0.2/16 dev br0", "address add 198.18.0.2/16 brd 198.18.255.255 dev eth0",
+    bridge = state.read_record(make_target(prefix)).env["BRIDGE_STATE"]  # type: ignore[union-attr]
+    Path(bridge, "moved").unlink()  # the bridge's record of the finished move
+    half = ["address del 198.18.0.2/16 dev br0", "address add 198.18.0.2/16 dev eth0",
             "route replace default via 198.18.0.1 dev eth0"]  # fmt: skip
     sh("ip", "-batch", "-", input="\n".join(half) + "\n", netns=lab.host_ns)
     again = multiip(*args, netns=lab.host_ns)

@@ -78,11 +78,12 @@ safe_dir() {  # $1: a state directory, made 0700 if missing; refused if it is a 
 }
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
-#   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_MADE UPLINK DHCP COUNT MANAGER MTU
+#   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_STATE BRIDGE_MADE UPLINK DHCP COUNT
+#                      MANAGER MTU
 #   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
 #   $STATE/addresses   the static addresses, one A/LEN per line (in namespaces, or on the uplink: alias)
 # --mode bridge: the uplink's move belongs to the bridge, shared by the setups on it; the last to go
-# gives it back. Its record, $BRIDGE_STATE (/run/multiip/.bridge-BRIDGE): carry (what the uplink carried: _uplink.sh.j2), uplink, made (1: a
+# gives it back. Its record, $BRIDGE_STATE (/run/multiip/.bridge-BRIDGE-NETNS, named in setup.env): carry (what the uplink carried: _uplink.sh.j2), uplink, made (1: a
 # setup made the bridge), manager (and manager.client, manager.connection, client-id), moved (the move
 # finished), host.* (the host's lease renewed on the bridge).
 # A setup's namespaces are the ones its record names, never a name pattern. Each bridge port also
@@ -230,13 +231,14 @@ case "$1" in
       exit 0 ;;
     esac
     flags=""
-    if [ -n "$MULTIIP_HOST" ]; then
-      case " $(ip -4 -o address show dev "$interface" to "$ip/32") " in *" noprefixroute "*) flags=noprefixroute ;; esac
+    if [ -n "$MULTIIP_HOST" ]; then  # the address as it is (its prefix route's metric, noprefixroute), renewed
+      flags=$(ip -4 -o address show dev "$interface" to "$ip/32" | awk '{ for (i = 5; i <= NF; i++) {
+        if ($i == "metric") print $i, $(i + 1); if ($i == "noprefixroute") print $i } }' | tr '\n' ' ')
     else
       old=$(ip -4 -o address show dev "$interface" | awk '{print $4; exit}')
       [ "$old" = "$ip/$mask" ] || ip -4 address flush dev "$interface"
     fi
-    # shellcheck disable=SC2086 # flags: none or one word
+    # shellcheck disable=SC2086 # flags: words
     ip address replace "$ip/$mask" broadcast "${broadcast:-+}" valid_lft "${lease:-forever}" \
       preferred_lft "${lease:-forever}" $flags dev "$interface"
     if [ -z "$MULTIIP_HOST" ] && [ -n "$router" ]; then ip route replace default via "${router%% *}" dev "$interface"; fi
@@ -349,7 +351,7 @@ carry() {
   local -A current=()
   local addrs4="" addrs6="" nexthops="" routes="" gone=""
   now=$(date +%s)
-  while read -r _ address rest; do current[$address]="$address $rest"; done < <(describe_addresses "$from" "$now")
+  while read -r _ address rest; do current[$address]="$address $rest"; done < <(describe_addresses "$from" "$now" 2>/dev/null)
   CARRY="" CARRY6=""
   while read -r kind rest; do
     case $kind in
@@ -385,7 +387,7 @@ carry() {
   done <"$file"
   # the prefix routes the kernel made for FROM's IPv6 addresses with lifetimes outlive them: they go too
   [[ $from == "$to" ]] || while read -r line; do gone="route del $line dev $from"$'\n'$gone; done < <(
-    ip -6 -o route show dev "$from" proto kernel |
+    ip -6 -o route show dev "$from" proto kernel 2>/dev/null |
       awk '$1 != "fe80::/64" { m = 256; for (i = 2; i < NF; i++) if ($i == "metric") m = $(i + 1); print $1, "proto kernel metric", m }')
   CARRY=$addrs4$addrs6$nexthops$routes$CARRY$gone
 }
@@ -449,7 +451,8 @@ complete_uplink() {
 NM_CONF=/run/NetworkManager/conf.d/90-multiip-$PREFIX.conf  # this setup's ports
 NETWORKD_FILE=/run/systemd/network/00-multiip-$PREFIX.network
 bridge_record() {  # what follows from BRIDGE (a teardown learns it from the record): its record, its manager's files
-  BRIDGE_STATE=${STATE%/*}/.bridge-$BRIDGE
+  # a bridge is one of this network namespace's (the kernel's inode of it tells them apart)
+  BRIDGE_STATE=${STATE%/*}/.bridge-$BRIDGE-$(stat -L -c %i /proc/self/ns/net)
   NM_BRIDGE_CONF=/run/NetworkManager/conf.d/90-multiip-bridge-$BRIDGE.conf  # the bridge and the uplink
   NETWORKD_BRIDGE_FILE=/run/systemd/network/00-multiip-bridge-$BRIDGE.network
 }
@@ -505,7 +508,7 @@ give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, 
       ip -6 -o address show dev "$UPLINK" scope link | awk '{ print $4 }' |
         while read -r address; do ip -6 address replace "$address" dev "$UPLINK" scope link || true; done
       leave_alone systemd-networkd bridge "$1" || PROBLEMS+=("systemd-networkd did not reload: networkctl reload")
-      for ((w = 0; w < 10 * (30 + LEASE_TIMEOUT); w++)); do
+      for ((w = 0; w < 900; w++)); do  # up to 90 s: networkd asks DHCP for the address again
         state=$(networkd_state "$UPLINK")
         [[ $state == configuring || $state == unmanaged || $state == pending || $state == initialized ]] || break
         sleep 0.1
@@ -747,6 +750,14 @@ UPLINK_MASTER=$(link_master "$UPLINK")
 if link_exists "$BRIDGE" && ! ip -d -o link show dev "$BRIDGE" | grep -q ' bridge '; then
   die "$BRIDGE exists and is not a bridge"
 fi
+# The bridge's record, left by a setup that is gone (its down could not finish), while the uplink is not in
+# the bridge: what it says is over; a new one replaces it. (With the uplink in the bridge it is kept: it is
+# what gives the uplink back.)
+if [[ -d $BRIDGE_STATE ]] && ! grep -qsx "BRIDGE_STATE=$BRIDGE_STATE" "${STATE%/*}"/*/setup.env &&
+  [[ ! -s $BRIDGE_STATE/uplink || $(link_master "$(<"$BRIDGE_STATE/uplink")") != "$BRIDGE" ]]; then
+  say "$BRIDGE_STATE is left from a setup that is gone, and $BRIDGE does not hold its uplink: replaced"
+  rm -rf "$BRIDGE_STATE"
+fi
 # A bridge that exists is used only if a multiip setup made it (the bridge's record says so) or it is
 # empty (no address, no port; then down leaves it): Docker's, libvirt's or the host's own is never taken.
 BRIDGE_MADE=""
@@ -799,6 +810,15 @@ ns_mac() {  # $1 index: sets MAC
 
 step 2/6 "record the setup in $STATE, describe what $UPLINK carries"
 safe_dir "$STATE"
+for ((i = 0; i < COUNT; i++)); do
+  client_files "$DHCP" "$PREFIX$i" "$INSIDE$i"
+  printf '%s %s %s %s %s\n' "$PREFIX$i" "$INSIDE$i" "$PORT$i" "$PIDFILE" "$LEASEFILE"
+done >"$STATE/namespaces"
+printf '%s\n' "PREFIX=$PREFIX" "MODE=bridge" "BRIDGE=$BRIDGE" "BRIDGE_STATE=$BRIDGE_STATE" "BRIDGE_MADE=$BRIDGE_MADE" \
+  "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" "MANAGER=$MANAGER" "MTU=$MTU" >"$STATE/setup.env.new"
+mv -f "$STATE/setup.env.new" "$STATE/setup.env"
+udhcpc_script "$STATE"
+UNDO="\`multiip down --prefix $PREFIX\` removes what the setup made so far"
 safe_dir "$BRIDGE_STATE"
 if [[ ! -e $BRIDGE_STATE/manager ]]; then  # the first setup on this bridge: what the uplink carries, and who runs it
   describe "$UPLINK" >"$BRIDGE_STATE/carry.new"
@@ -811,15 +831,6 @@ if [[ ! -e $BRIDGE_STATE/manager ]]; then  # the first setup on this bridge: wha
   udhcpc_script "$BRIDGE_STATE"
   printf '%s\n' "$MANAGER" >"$BRIDGE_STATE/manager"  # last: with it, the record of the bridge is whole
 fi
-for ((i = 0; i < COUNT; i++)); do
-  client_files "$DHCP" "$PREFIX$i" "$INSIDE$i"
-  printf '%s %s %s %s %s\n' "$PREFIX$i" "$INSIDE$i" "$PORT$i" "$PIDFILE" "$LEASEFILE"
-done >"$STATE/namespaces"
-printf '%s\n' "PREFIX=$PREFIX" "MODE=bridge" "BRIDGE=$BRIDGE" "BRIDGE_MADE=$BRIDGE_MADE" \
-  "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" "MANAGER=$MANAGER" "MTU=$MTU" >"$STATE/setup.env.new"
-mv -f "$STATE/setup.env.new" "$STATE/setup.env"
-udhcpc_script "$STATE"
-UNDO="\`multiip down --prefix $PREFIX\` removes what the setup made so far"
 # The uplink's manager must not take the bridge or its ports, made next (NetworkManager would start a
 # "Wired connection" with DHCP on each new veth); the uplink itself is handed over in step 5.
 leave_alone "$MANAGER" setup "${PORT}*"

@@ -78,11 +78,12 @@ safe_dir() {  # $1: a state directory, made 0700 if missing; refused if it is a 
 }
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
-#   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_MADE UPLINK DHCP COUNT MANAGER MTU
+#   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_STATE BRIDGE_MADE UPLINK DHCP COUNT
+#                      MANAGER MTU
 #   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
 #   $STATE/addresses   the static addresses, one A/LEN per line (in namespaces, or on the uplink: alias)
 # --mode bridge: the uplink's move belongs to the bridge, shared by the setups on it; the last to go
-# gives it back. Its record, $BRIDGE_STATE (/run/multiip/.bridge-BRIDGE): carry (what the uplink carried: _uplink.sh.j2), uplink, made (1: a
+# gives it back. Its record, $BRIDGE_STATE (/run/multiip/.bridge-BRIDGE-NETNS, named in setup.env): carry (what the uplink carried: _uplink.sh.j2), uplink, made (1: a
 # setup made the bridge), manager (and manager.client, manager.connection, client-id), moved (the move
 # finished), host.* (the host's lease renewed on the bridge).
 # A setup's namespaces are the ones its record names, never a name pattern. Each bridge port also
@@ -227,7 +228,7 @@ carry() {
   local -A current=()
   local addrs4="" addrs6="" nexthops="" routes="" gone=""
   now=$(date +%s)
-  while read -r _ address rest; do current[$address]="$address $rest"; done < <(describe_addresses "$from" "$now")
+  while read -r _ address rest; do current[$address]="$address $rest"; done < <(describe_addresses "$from" "$now" 2>/dev/null)
   CARRY="" CARRY6=""
   while read -r kind rest; do
     case $kind in
@@ -263,7 +264,7 @@ carry() {
   done <"$file"
   # the prefix routes the kernel made for FROM's IPv6 addresses with lifetimes outlive them: they go too
   [[ $from == "$to" ]] || while read -r line; do gone="route del $line dev $from"$'\n'$gone; done < <(
-    ip -6 -o route show dev "$from" proto kernel |
+    ip -6 -o route show dev "$from" proto kernel 2>/dev/null |
       awk '$1 != "fe80::/64" { m = 256; for (i = 2; i < NF; i++) if ($i == "metric") m = $(i + 1); print $1, "proto kernel metric", m }')
   CARRY=$addrs4$addrs6$nexthops$routes$CARRY$gone
 }
@@ -327,7 +328,8 @@ complete_uplink() {
 NM_CONF=/run/NetworkManager/conf.d/90-multiip-$PREFIX.conf  # this setup's ports
 NETWORKD_FILE=/run/systemd/network/00-multiip-$PREFIX.network
 bridge_record() {  # what follows from BRIDGE (a teardown learns it from the record): its record, its manager's files
-  BRIDGE_STATE=${STATE%/*}/.bridge-$BRIDGE
+  # a bridge is one of this network namespace's (the kernel's inode of it tells them apart)
+  BRIDGE_STATE=${STATE%/*}/.bridge-$BRIDGE-$(stat -L -c %i /proc/self/ns/net)
   NM_BRIDGE_CONF=/run/NetworkManager/conf.d/90-multiip-bridge-$BRIDGE.conf  # the bridge and the uplink
   NETWORKD_BRIDGE_FILE=/run/systemd/network/00-multiip-bridge-$BRIDGE.network
 }
@@ -383,7 +385,7 @@ give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, 
       ip -6 -o address show dev "$UPLINK" scope link | awk '{ print $4 }' |
         while read -r address; do ip -6 address replace "$address" dev "$UPLINK" scope link || true; done
       leave_alone systemd-networkd bridge "$1" || PROBLEMS+=("systemd-networkd did not reload: networkctl reload")
-      for ((w = 0; w < 10 * (30 + LEASE_TIMEOUT); w++)); do
+      for ((w = 0; w < 900; w++)); do  # up to 90 s: networkd asks DHCP for the address again
         state=$(networkd_state "$UPLINK")
         [[ $state == configuring || $state == unmanaged || $state == pending || $state == initialized ]] || break
         sleep 0.1
@@ -475,7 +477,8 @@ else  # the record is gone: the setup's bridge ports carry alias multiip:PREFIX:
   done < <(ip -o link show)
 fi
 MODE=${RECORD[MODE]:-bridge}  # macvlan, ipvlan: no bridge, the uplink untouched
-bridge_record  # of the bridge the record names
+bridge_record  # of the bridge the record names (in this network namespace)
+[[ -z ${RECORD[BRIDGE_STATE]:-} ]] || BRIDGE_STATE=${RECORD[BRIDGE_STATE]}
 MANAGER=${RECORD[MANAGER]:-none}
 if [[ $MODE == bridge ]]; then  # the uplink's handover is the bridge's
   [[ ! -s $BRIDGE_STATE/manager ]] || read -r MANAGER <"$BRIDGE_STATE/manager"
