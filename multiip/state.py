@@ -206,7 +206,14 @@ def _probe_present(record: Record | None, client: str | None) -> list[NamespaceS
 
 
 def alias_status(record: Record) -> list[NamespaceStatus]:
-    """--mode alias: each recorded address as a row, present or not on the uplink (one probe, here)."""
+    """--mode alias: each recorded address as a row, present or not on the uplink (one probe, here: in the
+    network namespace the setup was made in)."""
+    made_in = record.env.get("NETNS")
+    if made_in and made_in != str(Path("/proc/self/ns/net").stat().st_ino):
+        raise MultiipError(
+            f"setup {record.env.get('PREFIX')} (--mode alias) put its addresses on an uplink of another network "
+            "namespace: run this there (e.g. multiip lab exec -- multiip ..., or nsenter --net=...)"
+        )
     uplink = record.env.get("UPLINK", "")
     probe = ["sh", "-c", _PROBE.format(dev='dev "$0"'), uplink]
     st = decode_probe(Member(uplink, uplink, "-", None, None), execute.capture(probe))

@@ -78,8 +78,8 @@ safe_dir() {  # $1: a state directory, made 0700 if missing; refused if it is a 
 }
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
-#   $STATE/setup.env   KEY=VALUE: PREFIX MODE BRIDGE (- without one) BRIDGE_STATE BRIDGE_MADE UPLINK DHCP COUNT
-#                      MANAGER MTU
+#   $STATE/setup.env   KEY=VALUE: PREFIX MODE NETNS BRIDGE (- without one) BRIDGE_STATE BRIDGE_MADE UPLINK DHCP
+#                      COUNT MANAGER MTU
 #   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
 #   $STATE/addresses   the static addresses, one A/LEN per line (in namespaces, or on the uplink: alias)
 # --mode bridge: the uplink's move belongs to the bridge, shared by the setups on it; the last to go
@@ -88,12 +88,14 @@ safe_dir() {  # $1: a state directory, made 0700 if missing; refused if it is a 
 # finished), host.* (the host's lease renewed on the bridge).
 # A setup's namespaces are the ones its record names, never a name pattern. Each bridge port also
 # carries the alias multiip:PREFIX:NAME:INSIDE, from which the teardown rebuilds a lost record.
+NETNS=$(stat -L -c %i /proc/self/ns/net)  # this network namespace (the kernel's inode number of it)
 declare -A RECORD=()
-read_record() {  # sets RECORD[KEY] from setup.env
+read_record() {  # sets RECORD[KEY] from setup.env; a setup of another network namespace is refused
   local key value
   RECORD=()
   [[ -r $STATE/setup.env ]] || return 0
   while IFS='=' read -r key value; do [[ -z $key ]] || RECORD[$key]=$value; done <"$STATE/setup.env"
+  [[ -z ${RECORD[NETNS]:-} || ${RECORD[NETNS]} == "$NETNS" ]] || die "the setup of prefix $PREFIX was made in another network namespace (inode ${RECORD[NETNS]}; this one is $NETNS): run this there, where its uplink is (e.g. nsenter --net=/proc/PID/ns/net)"
 }
 
 find_uplink() {  # sets UPLINK if empty (dies without one) and MTU, the uplink's
@@ -452,7 +454,7 @@ NM_CONF=/run/NetworkManager/conf.d/90-multiip-$PREFIX.conf  # this setup's ports
 NETWORKD_FILE=/run/systemd/network/00-multiip-$PREFIX.network
 bridge_record() {  # what follows from BRIDGE (a teardown learns it from the record): its record, its manager's files
   # a bridge is one of this network namespace's (the kernel's inode of it tells them apart)
-  BRIDGE_STATE=${STATE%/*}/.bridge-$BRIDGE-$(stat -L -c %i /proc/self/ns/net)
+  BRIDGE_STATE=${STATE%/*}/.bridge-$BRIDGE-$NETNS
   NM_BRIDGE_CONF=/run/NetworkManager/conf.d/90-multiip-bridge-$BRIDGE.conf  # the bridge and the uplink
   NETWORKD_BRIDGE_FILE=/run/systemd/network/00-multiip-bridge-$BRIDGE.network
 }
@@ -814,7 +816,7 @@ for ((i = 0; i < COUNT; i++)); do
   client_files "$DHCP" "$PREFIX$i" "$INSIDE$i"
   printf '%s %s %s %s %s\n' "$PREFIX$i" "$INSIDE$i" "$PORT$i" "$PIDFILE" "$LEASEFILE"
 done >"$STATE/namespaces"
-printf '%s\n' "PREFIX=$PREFIX" "MODE=bridge" "BRIDGE=$BRIDGE" "BRIDGE_STATE=$BRIDGE_STATE" "BRIDGE_MADE=$BRIDGE_MADE" \
+printf '%s\n' "PREFIX=$PREFIX" "MODE=bridge" "NETNS=$NETNS" "BRIDGE=$BRIDGE" "BRIDGE_STATE=$BRIDGE_STATE" "BRIDGE_MADE=$BRIDGE_MADE" \
   "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" "MANAGER=$MANAGER" "MTU=$MTU" >"$STATE/setup.env.new"
 mv -f "$STATE/setup.env.new" "$STATE/setup.env"
 udhcpc_script "$STATE"
