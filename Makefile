@@ -1,19 +1,29 @@
-# multiip: `sudo make demo` and `sudo make test` do everything on a fresh Debian host.
-# The package and its tools go into a virtual environment (.venv): Debian's own Python refuses
-# system-wide pip installs (PEP 668).
+# multiip: `make demo` and `make test` do everything on a fresh Debian host, from a root shell or as a
+# user who may sudo (what needs root asks sudo for it). The package and its tools go into a virtual
+# environment (.venv): Debian's own Python refuses system-wide pip installs (PEP 668).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# user-mode-linux, kmod: the test kernel (tests/kernel.py) for what this machine's kernel may lack (ipvlan, 8021q)
 DEBS = iproute2 bridge-utils isc-dhcp-client udhcpc dhcpcd-base dnsmasq-base shellcheck util-linux procps \
-       network-manager dbus-daemon nginx-light wrk nftables iputils-arping python3 python3-venv
+       network-manager dbus-daemon systemd nginx-light wrk nftables iputils-arping python3 python3-venv \
+       user-mode-linux kmod
 export PATH := $(PATH):/usr/sbin:/sbin
+# Root for what changes namespaces and installs packages: nothing as root, sudo as anyone else.
+ifeq ($(shell id -u),0)
+AS_ROOT :=
+else ifneq ($(shell command -v sudo),)
+AS_ROOT := sudo PYTHONDONTWRITEBYTECODE=1
+else
+AS_ROOT = $(error run it as root, or install sudo: the lab and the packages need root)
+endif
 
 .PHONY: deps install lint test demo bench golden clean
 
 deps:  ## the Debian packages the tool, the lab and the tests call
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+	if [ -n "$$missing" ]; then $(AS_ROOT) apt-get update -q && \
+	  $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,14 +36,14 @@ lint:
 	$(PY) -m ruff format --check multiip
 	$(PY) -m mypy
 
-test: deps install lint  ## everything; as root the lab tests run too (CI requires them)
-	$(PY) -m pytest -rs tests
+test: deps install lint  ## everything, the lab tests as root (CI requires them)
+	$(AS_ROOT) $(PY) -m pytest -rs -p no:cacheprovider tests
 
 demo: deps install  ## a lab, a setup inside it, the status table, N x 64,512 connections, teardown
-	$(PY) -m multiip demo
+	$(AS_ROOT) $(PY) -m multiip demo
 
 bench: deps install  ## benchmarks/results/*.json (as root; several minutes)
-	$(PY) benchmarks/run.py
+	$(AS_ROOT) $(PY) benchmarks/run.py
 
 golden:  ## rewrite tests/golden after a reviewed template change
 	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/test_render.py

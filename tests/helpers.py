@@ -105,8 +105,11 @@ def leftovers(prefix: str, netns: str) -> list[str]:
     """What a removed setup could leave behind: namespaces, links, processes, files."""
     left = [f"namespace {n}" for n in ours(prefix)]
     left += [f"link {x['ifname']}" for x in ip_json("link", "show", netns=netns) if x["ifname"].startswith(prefix)]
-    for pattern in (f"/etc/netns/{prefix}*", f"/var/lib/dhcpcd/{prefix}-t*", f"/run/dhcpcd/{prefix}-t*"):
+    for pattern in (f"/etc/netns/{prefix}*", f"/var/lib/dhcpcd/{prefix}-t*"):
         left += [f"file {p}" for p in Path("/").glob(pattern.lstrip("/"))]
+    # dhcpcd's pid files are in the /run of the host it ran on (a lab host's own)
+    run = sh("sh", "-c", f"ls -d /run/dhcpcd/{prefix}-t* 2>/dev/null || true", netns=netns).stdout.split()
+    left += [f"file {p}" for p in run]
     if Path(f"/run/multiip/{prefix}").exists():
         left.append(f"dir /run/multiip/{prefix}")
     for proc in Path("/proc").glob("[0-9]*"):
@@ -144,21 +147,24 @@ def processes(netns: str, name: str) -> list[list[str]]:
 
 
 def uplink_state(netns: str, dev: str = "eth0") -> dict[str, Any]:
-    """Everything an uplink carries, as `ip` shows it (lifetimes aside): addresses with their flags, its
-    routes in every table, the rules."""
+    """Everything an uplink carries, as `ip` shows it (lifetimes aside): addresses with their flags and labels,
+    the routes of every table but the kernel's local one (multipath, over nexthop objects), the nexthop
+    objects, the rules, the MTU."""
     addrs = sorted(
-        (a["family"], a["local"], a["prefixlen"], a.get("broadcast"), flags(a))
+        (a["family"], a["local"], a["prefixlen"], a.get("broadcast"), a.get("label"), flags(a))
         for x in ip_json("-d", "address", "show", "dev", dev, netns=netns)
         for a in x.get("addr_info", [])
     )
     routes = sorted(
-        json.dumps(r, sort_keys=True)
+        json.dumps({k: v for k, v in r.items() if k != "expires"}, sort_keys=True)
         for family in ("-4", "-6")
-        for r in ip_json(family, "route", "show", "table", "all", "dev", dev, netns=netns)
-        if r.get("table") != "local"  # the kernel's, from the addresses
+        for r in ip_json(family, "route", "show", "table", "all", netns=netns)
+        if r.get("table") != "local" and json.dumps(r).count(f'"dev": "{dev}"')  # the kernel's, from the addresses
     )
+    nexthops = sorted(json.dumps(n, sort_keys=True) for n in ip_json("nexthop", "show", netns=netns))
     rules = [ip_json(family, "rule", "show", netns=netns) for family in ("-4", "-6")]
-    return {"addresses": addrs, "routes": routes, "rules": rules}
+    mtu = ip_json("link", "show", "dev", dev, netns=netns)[0]["mtu"]
+    return {"addresses": addrs, "routes": routes, "nexthops": nexthops, "rules": rules, "mtu": mtu}
 
 
 HOST_LIMITS = ("net/ipv4/neigh/default/gc_thresh3", "net/core/netdev_max_backlog")  # what a setup checks

@@ -47,7 +47,7 @@ def assert_clean(lab: labmod.Lab, prefix: str, uplink_before: dict[str, object])
 
 def check_dhcp_setup(lab: labmod.Lab, prefix: str, count: int) -> dict[str, object]:
     """count namespaces, each with a lab DHCP address and a resolver of its own; status --json agrees with ip."""
-    status = json.loads(multiip("status", "--prefix", prefix, "--json").stdout)
+    status = json.loads(multiip("status", "--prefix", prefix, "--json", netns=lab.host_ns).stdout)
     rows = status["namespaces"]
     assert [r["name"] for r in rows] == [f"{prefix}{i}" for i in range(count)]
     seen = set()
