@@ -141,6 +141,10 @@ def test_shell_completion_after_install() -> None:
 def as_nobody(argv: list[str]) -> tuple[int, str]:
     """`multiip ARGV` run by a normal user (uid/gid nobody, no capability): in a forked child of this test,
     so it needs no Python of its own that such a user may run. Returns its exit status and stderr."""
+    import multiip.state
+    import multiip.ui
+
+    assert multiip.state.STATE_ROOT.exists()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: drop root for good, then the CLI as a user would run it
@@ -155,6 +159,7 @@ def as_nobody(argv: list[str]) -> tuple[int, str]:
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         finally:
+            sys.stderr.flush()
             os._exit(code)
     os.close(write)
     with os.fdopen(read) as err:

@@ -122,7 +122,7 @@ def test_a_run_that_keeps_going_without_its_output_stalls_no_other_and_nothing_o
     """One run closes its output and goes on (4 s); the others are done and reported at once, not after it.
     A daemon that left its session (setsid) and one that kept the output open are stopped when exec ends."""
     script = (
-        'if [ "$MULTIIP_INDEX" = 0 ]; then exec >&- 2>&-; sleep 4; fi; '
+        'if [ "$MULTIIP_INDEX" = 0 ]; then exec >&- 2>&-; sleep 4; exit 0; fi; '
         'if [ "$MULTIIP_INDEX" = 1 ]; then setsid sleep 301 </dev/null >/dev/null 2>&1 & fi; '
         'if [ "$MULTIIP_INDEX" = 2 ]; then sleep 302 & fi; echo done {ns}'
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shutil
 import signal
@@ -139,6 +140,30 @@ def test_run_gives_20_dhcp_namespaces_and_down_removes_them(lab: labmod.Lab, pre
     released = releases(lab)
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
     assert releases(lab) - released == 20
+    assert_clean(lab, prefix, before)
+
+
+def test_where_systemd_is_pid_1_the_scripts_run_again_in_a_scope_of_their_own(
+    lab: labmod.Lab, prefix: str, tmp_path: Path
+) -> None:
+    """No systemd runs here: a stand-in systemd-run logs how it is asked and runs the command, so this proves
+    the scripts hand themselves to `systemd-run --scope` once (and go on there), not what systemd then does."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "systemd-run.log"
+    (fake / "systemd-run").write_text(
+        f'#!/bin/sh\necho "$*" >>{log}\nwhile [ "${{1#-}}" != "$1" ]; do shift; done\nexec "$@"\n'
+    )
+    (fake / "systemd-run").chmod(0o755)
+    (tmp_path / "system").mkdir()
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "MULTIIP_SYSTEMD_DIR": str(tmp_path / "system")}
+    before = host_state(lab.host_ns, prefix)
+    cp = multiip("run", "--prefix", prefix, "--count", "2", "--yes", netns=lab.host_ns, env=env)
+    assert "ready: 2 namespaces" in cp.stderr
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns, env=env)
+    asked = log.read_text().splitlines()
+    assert len(asked) == 2 and all(re.match(rf"--quiet --scope --unit=multiip-{prefix}-\d+ ", a) for a in asked), asked
+    assert all(" env MULTIIP_SCOPE=" in a for a in asked)  # once each: the script in its scope does not ask again
     assert_clean(lab, prefix, before)
 
 

@@ -54,6 +54,16 @@ STATE=/run/multiip/ns  # the setup's record, pid and lease files
 # shellcheck disable=SC2034 # --mode alias changes no host-wide limit
 SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
+# Where systemd is PID 1, this script runs again in a transient scope of its own (system.slice), so what
+# it starts that must outlive it (the namespaces' DHCP clients, the host's lease renewer, the uplink's own
+# client started again) is not in the caller's cgroup: a unit's stop or failed start, or logind ending an
+# SSH session (KillUserProcesses=yes), does not take them with it.
+if [[ -z ${MULTIIP_SCOPE:-} && -d ${MULTIIP_SYSTEMD_DIR:-/run/systemd/system} && -f $0 ]] &&
+  command -v systemd-run >/dev/null 2>&1; then
+  exec systemd-run --quiet --scope --unit="multiip-$PREFIX-$$" --description="multiip $PREFIX: $0" \
+    env MULTIIP_SCOPE="multiip-$PREFIX-$$.scope" bash "$0" "$@"
+fi
+
 need_root() { [[ $EUID -eq 0 ]] || die "run this as root: it changes network interfaces"; }
 need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
@@ -622,11 +632,14 @@ let_go() {
   local w
   [[ $MANAGER == systemd-networkd ]] || return 0
   leave_alone systemd-networkd bridge "$BRIDGE $UPLINK"
-  for ((w = 0; w < 100; w++)); do
-    [[ $(networkd_state "$UPLINK") != unmanaged ]] || return 0
+  for ((w = 0; w < 300; w++)); do
+    if [[ $(networkd_state "$UPLINK") == unmanaged ]]; then
+      say "systemd-networkd let go of $UPLINK"
+      return 0
+    fi
     sleep 0.1
   done
-  die "systemd-networkd did not let go of $UPLINK within 10 s (networkctl status $UPLINK says: $(networkd_state "$UPLINK"))"
+  die "systemd-networkd did not let go of $UPLINK within 30 s (networkctl status $UPLINK says: $(networkd_state "$UPLINK"))"
 }
 # The host's lease on the bridge, renewed by a udhcpc of ours with the manager's client id (started once
 # the manager has let go, so a release of the manager's own cannot cancel it).
@@ -909,8 +922,10 @@ if [[ ! -e $BRIDGE_STATE/moved ]]; then
   ROLLBACK=put_back  # if anything here fails, the uplink goes back as it was before the script gives up
   hand_over
   carry "$BRIDGE_STATE/carry" "$UPLINK" "$BRIDGE"
+  say "moving $UPLINK into $BRIDGE with everything it carries (one ip -batch)"
   ip -batch - <<<"link set dev $UPLINK master $BRIDGE"$'\n'"$CARRY""link set dev $UPLINK up"
   [[ -z $CARRY6 ]] || ip -6 -batch - <<<"$CARRY6"
+  say "$UPLINK is in $BRIDGE, which carries its addresses, routes and rules"
   let_go
   [[ $MANAGER == none ]] || renew_on_bridge
   : >"$BRIDGE_STATE/moved"

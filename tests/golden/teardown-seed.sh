@@ -54,6 +54,16 @@ STATE=/run/multiip/ns  # the setup's record, pid and lease files
 # shellcheck disable=SC2034 # --mode alias changes no host-wide limit
 SYSCTL=${MULTIIP_SYSCTL_DIR:-/proc/sys}  # host-wide limits (tests point this elsewhere)
 
+# Where systemd is PID 1, this script runs again in a transient scope of its own (system.slice), so what
+# it starts that must outlive it (the namespaces' DHCP clients, the host's lease renewer, the uplink's own
+# client started again) is not in the caller's cgroup: a unit's stop or failed start, or logind ending an
+# SSH session (KillUserProcesses=yes), does not take them with it.
+if [[ -z ${MULTIIP_SCOPE:-} && -d ${MULTIIP_SYSTEMD_DIR:-/run/systemd/system} && -f $0 ]] &&
+  command -v systemd-run >/dev/null 2>&1; then
+  exec systemd-run --quiet --scope --unit="multiip-$PREFIX-$$" --description="multiip $PREFIX: $0" \
+    env MULTIIP_SCOPE="multiip-$PREFIX-$$.scope" bash "$0" "$@"
+fi
+
 need_root() { [[ $EUID -eq 0 ]] || die "run this as root: it changes network interfaces"; }
 need_tool() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install the Debian package $2"; }
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
