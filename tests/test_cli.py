@@ -150,7 +150,7 @@ def as_nobody(argv: list[str]) -> tuple[int, str]:
     if pid == 0:  # the child: drop root for good, then the CLI as a user would run it
         code = 70
         try:
-            os.dup2(write, 2)
+            sys.stderr = os.fdopen(write, "w")  # what the CLI says, to the test
             os.setgroups([])
             os.setresgid(65534, 65534, 65534)
             os.setresuid(65534, 65534, 65534)
