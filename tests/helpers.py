@@ -193,7 +193,8 @@ def running_lab(check_down: bool = True, **settings: Any) -> Iterator[labmod.Lab
     happened; the same settings become `lab up`'s options, so the two cannot differ."""
     the_lab = labmod.make_lab(**settings)
     try:
-        multiip("lab", "up", *(f"--{key}={value}" for key, value in settings.items()))
+        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in settings.items() if v is not False]
+        multiip("lab", "up", *flags)
         yield the_lab
     except BaseException:
         multiip("lab", "down", "--name", the_lab.name, check=False)  # the error in flight is the one to see
