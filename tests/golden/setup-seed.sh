@@ -119,8 +119,9 @@ find_uplink() {  # sets UPLINK if empty (dies without one) and MTU, the uplink's
 }
 
 SYSFS=${MULTIIP_SYSFS:-/sys}  # tests point this elsewhere
-DMI=${MULTIIP_DMI_DIR:-/sys/class/dmi/id}  # the firmware's DMI strings (tests point this elsewhere)
 is_wifi() { [[ -e $SYSFS/class/net/$1/wireless || -e $SYSFS/class/net/$1/phy80211 ]]; }  # $1 interface
+
+DMI=${MULTIIP_DMI_DIR:-/sys/class/dmi/id}  # the firmware's DMI strings (tests point this elsewhere)
 find_cloud() {  # sets CLOUD to the provider whose network drops unassigned MACs, or ""
   local vendor="" product="" bios="" asset=""
   read -r vendor 2>/dev/null <"$DMI/sys_vendor" || true
@@ -281,17 +282,20 @@ UDHCPC
 #   route FAMILY ARGS        a route over DEV in any table: multipath, nhid, onlink, src, metric, proto,
 #                            expires (as an epoch) as `ip route` prints them
 #   rule FAMILY ARGS         an ip rule that names DEV (iif, oif)
-# Not described, because the kernel makes them again with the addresses: link-local and host-scope
-# addresses, IPv6 privacy (temporary) addresses, the routes of table local and proto kernel.
+# Not described, because the kernel makes them again with the addresses: IPv6 link-local and host-scope
+# addresses, IPv6 privacy (temporary) addresses, the routes of table local and the IPv6 prefix routes of
+# the addresses (proto kernel, metric 256). IPv4 subnet routes are described: NetworkManager makes its
+# own (its addresses are noprefixroute), and replacing one the kernel made changes nothing.
 CONF_KEYS=(ipv4/rp_filter ipv4/arp_ignore ipv4/arp_announce ipv4/arp_filter ipv4/accept_redirects
   ipv4/send_redirects ipv4/proxy_arp ipv4/log_martians ipv6/disable_ipv6 ipv6/accept_ra ipv6/accept_ra_defrtr
   ipv6/accept_ra_pinfo ipv6/autoconf ipv6/use_tempaddr ipv6/stable_secret ipv6/addr_gen_mode ipv6/accept_redirects)
 describe_addresses() {  # $1 device, $2 now (epoch seconds)
-  ip -o address show dev "$1" | tr -d '\\' | awk -v dev="$1" -v now="$2" '
-    ($3 != "inet" && $3 != "inet6") || / scope (link|host) / || / temporary / { next }
+  { ip -o address show dev "$1" 2>/dev/null || true; } | tr -d '\\' | awk -v dev="$1" -v now="$2" '
+    ($3 != "inet" && $3 != "inet6") || / scope host / || ($3 == "inet6" && / scope link /) || / temporary / { next }
     { out = "addr " $4; ends = ""
       for (i = 5; i <= NF; i++) {
         if ($i == "brd" || $i == "metric") { out = out " " $i " " $(i + 1); i++ }
+        else if ($i == "scope" && $(i + 1) == "link") { out = out " scope link"; i++ }
         else if ($i == "valid_lft" || $i == "preferred_lft") {
           v = $(i + 1); sub(/sec$/, "", v); ends = ends " " (v == "forever" ? "-" : now + v); i++ }
         else if ($i ~ /^(noprefixroute|nodad|home|optimistic|mngtmpaddr)$/) out = out " " $i
@@ -307,7 +311,7 @@ describe() {  # $1 device
     printf 'conf %s %s %s\n' "${key%%/*}" "${key#*/}" "$value"
   done
   describe_addresses "$1" "$now"
-  ip -o nexthop show 2>/dev/null | awk -v dev="$1" '
+  { ip -o nexthop show 2>/dev/null || true; } | awk -v dev="$1" '
     { named = 0; out = "nexthop"
       for (i = 1; i <= NF; i++)
         if ($i == "dev" && $(i + 1) == dev) { named = 1; out = out " dev @"; i++ }
@@ -315,8 +319,8 @@ describe() {  # $1 device
         else out = out " " $i
       if (named) print out }'
   for family in 4 6; do
-    ip "-$family" -o route show table all | tr -d '\\' | awk -v dev="$1" -v family="$family" -v now="$now" '
-      / table local / || / proto kernel / || / cache / { next }
+    { ip "-$family" -o route show table all 2>/dev/null || true; } | tr -d '\\' | awk -v dev="$1" -v family="$family" -v now="$now" '
+      / table local / || / cache / || (family == 6 && / proto kernel / && / metric 256 /) { next }
       /^(multicast|local|broadcast|anycast|unreachable|prohibit|blackhole|throw) / { next }
       { named = 0; nh = 0
         for (i = 1; i < NF; i++) { if ($i == "dev" && $(i + 1) == dev) named = 1; if ($i == "nhid") nh = 1 }
@@ -329,11 +333,10 @@ describe() {  # $1 device
           if ($i == "dev" && $(i + 1) == dev) { out = out " dev @"; i++; continue }
           if ($i == "expires") { v = $(i + 1); sub(/sec$/, "", v); out = out " expires " (now + v); i++; continue }
           out = out " " $i }
-        if (/ via /) later[++n] = "route " family out; else print "route " family out }  # gateways last
-      END { for (i = 1; i <= n; i++) print later[i] }'
+        print "route " family out }'
   done
   for family in 4 6; do
-    ip "-$family" rule show | awk -v dev="$1" -v family="$family" '{
+    { ip "-$family" rule show 2>/dev/null || true; } | awk -v dev="$1" -v family="$family" '{
       named = 0
       for (i = 2; i < NF; i++) if (($i == "iif" || $i == "oif") && $(i + 1) == dev) named = 1
       if (!named) next
@@ -346,24 +349,34 @@ describe() {  # $1 device
   done
 }
 at() {  # $1 a described line, $2 device: the line naming the device where it says @
-  local line=" $1 "
+  local line=" $1 " label
   line=${line// dev @ / dev $2 }
   line=${line// iif @ / iif $2 }
   line=${line// oif @ / oif $2 }
-  line=${line// label @/ label $2}
+  if [[ $line =~ \ label\ @([^ ]*)\  ]]; then  # a label is the device's name and a suffix, 15 characters at most
+    label=$2${BASH_REMATCH[1]}
+    if ((${#label} <= 15)); then line=${line/ label @${BASH_REMATCH[1]} / label $label }
+    else line=${line/ label @${BASH_REMATCH[1]} / }  # on a longer name it goes without (the description keeps it)
+    fi
+  fi
   line=${line# }
   printf '%s' "${line% }"
 }
-# carry FILE FROM TO (FROM may be TO: what it lacks, added): sets CARRY (`ip -batch` lines) and CARRY6 (`ip -6 -batch`: IPv6 rules) that give TO
-# what FILE describes and take its addresses and rules off FROM, and writes FILE's settings to TO's
-# sysctls. An address with lifetimes keeps what it has left where it is now (FROM: a DHCP client or the
-# kernel renewed it there), or what the description says is left; one whose lifetime is over stays gone.
+# carry FILE FROM TO (FROM may be TO: what it lacks, added): sets CARRY (`ip -batch` lines) and CARRY6
+# (`ip -6 -batch`: IPv6 rules) that give TO what FILE describes and take its addresses and rules off FROM,
+# and writes FILE's settings to TO's sysctls. The order: addresses, the routes that reach a device
+# directly, nexthop objects (their gateways are reachable by then), the routes through gateways or
+# nexthop objects, rules; then FROM's addresses go, secondaries before their primary. An address with
+# lifetimes keeps what it has left where it is now (on FROM or TO: a DHCP client or the kernel renewed
+# it there), or what the description says is left; one whose lifetime is over stays gone.
 carry() {
   local file=$1 from=$2 to=$3 now kind rest line address family key value valid preferred
-  local -A current=()
-  local addrs4="" addrs6="" nexthops="" routes="" gone=""
+  local -A ends=()
+  local addrs4="" addrs6="" direct="" nexthops="" routes="" gone=""
   now=$(date +%s)
-  while read -r _ address rest; do current[$address]="$address $rest"; done < <(describe_addresses "$from" "$now" 2>/dev/null)
+  while read -r _ address rest; do
+    [[ $rest != *" ends "* ]] || ends[$address]=${rest##* ends }
+  done < <(describe_addresses "$to" "$now"; describe_addresses "$from" "$now")
   CARRY="" CARRY6=""
   while read -r kind rest; do
     case $kind in
@@ -371,17 +384,15 @@ carry() {
         read -r family key value <<<"$rest"
         printf '%s\n' "$value" 2>/dev/null >"/proc/sys/net/$family/conf/$to/$key" || true ;;
       addr)
-        address=${rest%% *}
-        line=${current[$address]:-$rest}
-        if [[ $line == *" ends "* ]]; then
-          read -r valid preferred <<<"${line##* ends }"
-          line=${line% ends *}
+        address=${rest%% *} line=${rest% ends *}
+        if [[ $rest == *" ends "* ]]; then
+          read -r valid preferred <<<"${ends[$address]:-${rest##* ends }}"
           [[ $valid == - ]] || { ((valid > now)) || continue; line+=" valid_lft $((valid - now))"; }
           [[ $preferred == - ]] || line+=" preferred_lft $((preferred > now ? preferred - now : 0))"
         fi
         line="address replace $(at "$line" "$to") dev $to"$'\n'
         if [[ $address == *:* ]]; then addrs6=$line$addrs6; else addrs4+=$line; fi  # the order ip lists them in
-        [[ $from == "$to" ]] || gone="address del $address dev $from"$'\n'$gone ;;  # secondaries before their primary
+        [[ $from == "$to" ]] || gone="address del $address dev $from"$'\n'$gone ;;
       nexthop) nexthops+="nexthop replace $(at "$rest" "$to")"$'\n' ;;
       route)
         family=${rest%% *} line=${rest#* }
@@ -390,7 +401,8 @@ carry() {
           ((BASH_REMATCH[2] > now)) || continue
           line="${BASH_REMATCH[1]} expires $((BASH_REMATCH[2] - now))${BASH_REMATCH[3]}"
         fi
-        routes+="route replace $(at "$line" "$to")"$'\n' ;;
+        line="route replace $(at "$line" "$to")"$'\n'
+        if [[ $line == *" via "* || $line == *" nhid "* ]]; then routes+=$line; else direct+=$line; fi ;;
       rule)
         family=${rest%% *} line="rule add $(at "${rest#* }" "$to")"$'\n'
         [[ $from == "$to" ]] || line="rule del $(at "${rest#* }" "$from")"$'\n'$line
@@ -399,28 +411,40 @@ carry() {
   done <"$file"
   # the prefix routes the kernel made for FROM's IPv6 addresses with lifetimes outlive them: they go too
   [[ $from == "$to" ]] || while read -r line; do gone="route del $line dev $from"$'\n'$gone; done < <(
-    ip -6 -o route show dev "$from" proto kernel 2>/dev/null |
+    { ip -6 -o route show dev "$from" proto kernel 2>/dev/null || true; } |
       awk '$1 != "fe80::/64" { m = 256; for (i = 2; i < NF; i++) if ($i == "metric") m = $(i + 1); print $1, "proto kernel metric", m }')
-  CARRY=$addrs4$addrs6$nexthops$routes$CARRY$gone
+  CARRY=$addrs4$addrs6$direct$nexthops$routes$CARRY$gone
+}
+apply_carry() {  # what carry made, past any error (ip -force); what did not take is found by lacks
+  ip -force -batch - <<<"$CARRY" >/dev/null 2>&1 || true
+  [[ -z $CARRY6 ]] || ip -6 -force -batch - <<<"$CARRY6" >/dev/null 2>&1 || true
 }
 # The lines of FILE the device does not carry now (lifetimes and expiry times aside; not what expired).
 lacks() {  # $1 file, $2 device
   local -A has=()
-  local line valid now
+  local line key now
   now=$(date +%s)
-  while read -r line; do has[$line]=1; done < <(describe "$2" | sed 's/ ends .*//; s/ expires [0-9]*//')
+  while read -r line; do
+    line=${line% ends *}
+    [[ ! $line =~ ^(.*)\ expires\ [0-9]+(.*)$ ]] || line=${BASH_REMATCH[1]}${BASH_REMATCH[2]}
+    has[$line]=1
+  done < <(describe "$2" || true)
   while read -r line; do
     case $line in conf\ *) continue ;; esac
-    if [[ $line =~ \ (ends|expires)\ ([0-9]+) ]]; then valid=${BASH_REMATCH[2]}; ((valid > now)) || continue; fi
-    [[ -n ${has[$(sed 's/ ends .*//; s/ expires [0-9]*//' <<<"$line")]:-} ]] || printf '%s\n' "$line"
+    if [[ $line =~ \ (ends|expires)\ ([0-9]+) ]]; then ((BASH_REMATCH[2] > now)) || continue; fi
+    key=${line% ends *}
+    [[ ! $key =~ ^(.*)\ expires\ [0-9]+(.*)$ ]] || key=${BASH_REMATCH[1]}${BASH_REMATCH[2]}
+    [[ -n ${has[$key]:-} ]] || printf '%s\n' "$line"
   done <"$1"
 }
 as_command() {  # $1 a described line, $2 device: the command that puts it on the device
   local kind=${1%% *} rest=${1#* }
+  rest=${rest% ends *}
+  [[ ! $rest =~ ^(.*)\ expires\ [0-9]+(.*)$ ]] || rest=${BASH_REMATCH[1]}${BASH_REMATCH[2]}
   case $kind in
-    addr) printf 'ip address replace %s dev %s' "$(at "${rest% ends *}" "$2")" "$2" ;;
+    addr) printf 'ip address replace %s dev %s' "$(at "$rest" "$2")" "$2" ;;
     nexthop) printf 'ip nexthop replace %s' "$(at "$rest" "$2")" ;;
-    route) printf 'ip -%s route replace %s' "${rest%% *}" "$(at "$(sed 's/ expires [0-9]*//' <<<"${rest#* }")" "$2")" ;;
+    route) printf 'ip -%s route replace %s' "${rest%% *}" "$(at "${rest#* }" "$2")" ;;
     rule) printf 'ip -%s rule add %s' "${rest%% *}" "$(at "${rest#* }" "$2")" ;;
   esac
 }
@@ -429,17 +453,28 @@ report_problems() {
   local problem
   for problem in "${PROBLEMS[@]}"; do say "could not put back: $problem"; done
 }
+stop_renewer() {  # the client of ours that renews the host's lease on the bridge goes, without a release
+  local w client=udhcpc
+  [[ ! -s $BRIDGE_STATE/host.client ]] || read -r client <"$BRIDGE_STATE/host.client"
+  client_pid "$client" host "$BRIDGE"
+  [[ -n $PID ]] || return 0
+  kill -TERM "$PID" 2>/dev/null || true
+  for ((w = 0; w < 100; w++)); do alive "$PID" || return 0; sleep 0.1; done
+  kill -KILL "$PID" 2>/dev/null || true
+}
 # The uplink out of the bridge, with everything the description gives it, in one `ip -batch` that goes
-# on past any error (so the host is without its address for as short a time as possible). Without the
-# bridge's record (it was deleted) the description is what the bridge carries now.
+# on past any error (so the host is without its address for as short a time as possible); then the move
+# is over. Without the bridge's record (it was deleted) the description is what the bridge carries now.
 restore_uplink() {
+  stop_renewer  # first: a late renewal would put the address on the bridge again
   if [[ ! -s $BRIDGE_STATE/carry ]]; then
     safe_dir "$BRIDGE_STATE"
     describe "$BRIDGE" >"$BRIDGE_STATE/carry"
   fi
   carry "$BRIDGE_STATE/carry" "$BRIDGE" "$UPLINK"
-  ip -force -batch - <<<"link set dev $UPLINK nomaster"$'\n'"$CARRY""link set dev $UPLINK up" >/dev/null 2>&1 || true
-  [[ -z $CARRY6 ]] || ip -6 -force -batch - <<<"$CARRY6" >/dev/null 2>&1 || true
+  CARRY="link set dev $UPLINK nomaster"$'\n'$CARRY"link set dev $UPLINK up"$'\n'
+  apply_carry
+  rm -f "$BRIDGE_STATE/moved"
   [[ -z $(link_master "$UPLINK") ]] || PROBLEMS+=("$UPLINK is still a port of $BRIDGE: ip link set dev $UPLINK nomaster")
 }
 # What the uplink carried and lacks now, added; then what it still lacks is a problem. With a manager,
@@ -449,9 +484,8 @@ complete_uplink() {
   lacks "$BRIDGE_STATE/carry" "$UPLINK" | { if [[ $MANAGER == none ]]; then cat; else grep -v '^addr .* ends ' || true; fi; } >"$file"
   [[ -s $file ]] || return 0
   carry "$file" "$UPLINK" "$UPLINK"
-  ip -force -batch - <<<"$CARRY" >/dev/null 2>&1 || true
-  [[ -z $CARRY6 ]] || ip -6 -force -batch - <<<"$CARRY6" >/dev/null 2>&1 || true
-  while read -r line; do PROBLEMS+=("$UPLINK lacks ${line}: $(as_command "$line" "$UPLINK")"); done < <(lacks "$file" "$UPLINK")
+  apply_carry
+  while read -r line; do PROBLEMS+=("$UPLINK lacks ${line% ends *}: $(as_command "$line" "$UPLINK")"); done < <(lacks "$file" "$UPLINK")
 }
 
 # MANAGER is none, NetworkManager, systemd-networkd, or the DHCP client (dhclient, dhcpcd, udhcpc) that
@@ -463,10 +497,10 @@ complete_uplink() {
 NM_CONF=/run/NetworkManager/conf.d/90-multiip-$PREFIX.conf  # this setup's ports
 NETWORKD_FILE=/run/systemd/network/00-multiip-$PREFIX.network
 bridge_record() {  # what follows from BRIDGE (a teardown learns it from the record): its record, its manager's files
-  # a bridge is one of this network namespace's (the kernel's inode of it tells them apart)
+  # a bridge is one of this network namespace's (the kernel's inode of it tells them apart); '@' is in no prefix
   BRIDGE_STATE=${STATE%/*}/.bridge-$BRIDGE-$NETNS
-  NM_BRIDGE_CONF=/run/NetworkManager/conf.d/90-multiip-bridge-$BRIDGE.conf  # the bridge and the uplink
-  NETWORKD_BRIDGE_FILE=/run/systemd/network/00-multiip-bridge-$BRIDGE.network
+  NM_BRIDGE_CONF=/run/NetworkManager/conf.d/90-multiip@$BRIDGE.conf  # the bridge and the uplink
+  NETWORKD_BRIDGE_FILE=/run/systemd/network/00-multiip@$BRIDGE.network
 }
 bridge_record
 leave_alone() {  # $1 manager, $2 which file (setup: this setup's ports; bridge: the bridge and the uplink), $3 names (globs); none: remove it
@@ -477,7 +511,7 @@ leave_alone() {  # $1 manager, $2 which file (setup: this setup's ports; bridge:
       [[ $2 == setup ]] || file=$NM_BRIDGE_CONF
       if [[ -n $3 ]]; then
         mkdir -p "${file%/*}"
-        printf '[device-multiip-%s]\nmatch-device=interface-name:%s\nmanaged=0\n' "${file##*/90-multiip-}" "${3// /;interface-name:}" >"$file"
+        printf '[device-multiip-%s-%s]\nmatch-device=interface-name:%s\nmanaged=0\n' "$2" "$PREFIX" "${3// /;interface-name:}" >"$file"
       else rm -f "$file"
       fi
       nmcli general reload conf ;;
@@ -495,20 +529,29 @@ leave_alone() {  # $1 manager, $2 which file (setup: this setup's ports; bridge:
 networkd_state() {  # $1 interface: networkd's SETUP state of it (configured, configuring, unmanaged, ...)
   networkctl list --no-legend --no-pager "$1" 2>/dev/null | awk '{ print $5 }'
 }
+running_as() {  # $1 a file with a command line (NUL-separated): sets PIDS to the processes that run it here
+  local -a argv=()
+  local pid
+  PIDS=()
+  mapfile -d '' -t argv <"$1"
+  for pid in /proc/[0-9]*; do
+    [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || PIDS+=("${pid#/proc/}")
+  done
+}
+first_lease_address() {  # the uplink's first address with lifetimes, as described (a DHCP lease's): A/LEN, or ""
+  awk '$1 == "addr" && $2 !~ /:/ && / ends / { print $2; exit }' "$BRIDGE_STATE/carry"
+}
 # Undo the uplink's handover (also a half one), every part of it even when one fails: our renewer
 # goes (no release), the manager has the uplink back as it had it, and what it does not make itself
 # (other addresses, routes in other tables, rules) is completed from the description. What could not
-# be done is said with the command that does it (PROBLEMS).
+# be done is said with the command that does it (PROBLEMS). Nothing of it if the uplink was never handed.
 give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, while it exists)
-  local argv=() pid w state
-  client_pid udhcpc host "$BRIDGE"
-  if [[ -n $PID ]]; then
-    kill -TERM "$PID" 2>/dev/null || true
-    for ((w = 0; w < 50; w++)); do alive "$PID" || break; sleep 0.1; done
-  fi
+  local argv=() w state address
+  stop_renewer
+  leave_alone "$MANAGER" bridge "$1" || PROBLEMS+=("$MANAGER did not take its configuration again: remove $NM_BRIDGE_CONF $NETWORKD_BRIDGE_FILE, then nmcli general reload conf or networkctl reload")
+  [[ -e $BRIDGE_STATE/handed ]] || return 0
   case $MANAGER in
     NetworkManager)
-      leave_alone NetworkManager bridge "$1" || PROBLEMS+=("NetworkManager did not reload its configuration: nmcli general reload conf")
       nmcli device set "$UPLINK" managed yes || PROBLEMS+=("NetworkManager does not manage $UPLINK again: nmcli device set $UPLINK managed yes")
       if [[ -s $BRIDGE_STATE/manager.connection ]]; then  # active again, as it was
         nmcli --wait 30 connection up uuid "$(<"$BRIDGE_STATE/manager.connection")" >/dev/null ||
@@ -519,7 +562,6 @@ give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, 
       # link-local address it believes is missing: announcing it again lets it finish configuring
       ip -6 -o address show dev "$UPLINK" scope link | awk '{ print $4 }' |
         while read -r address; do ip -6 address replace "$address" dev "$UPLINK" scope link || true; done
-      leave_alone systemd-networkd bridge "$1" || PROBLEMS+=("systemd-networkd did not reload: networkctl reload")
       for ((w = 0; w < 900; w++)); do  # up to 90 s: networkd asks DHCP for the address again
         state=$(networkd_state "$UPLINK")
         [[ $state == configuring || $state == unmanaged || $state == pending || $state == initialized ]] || break
@@ -527,16 +569,22 @@ give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, 
       done
       [[ $state == configured ]] || PROBLEMS+=("systemd-networkd has $UPLINK $state, not configured: networkctl status $UPLINK; networkctl reconfigure $UPLINK") ;;
     dhclient | dhcpcd | udhcpc)
-      if [[ -s $BRIDGE_STATE/manager.client ]]; then
-        mapfile -d '' -t argv <"$BRIDGE_STATE/manager.client"
-        for pid in /proc/[0-9]*; do  # running already (given back before)
-          [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || argv=()
-        done
-        if ((${#argv[@]} > 0)); then
+      if [[ ! -s $BRIDGE_STATE/manager.client ]]; then
+        PROBLEMS+=("$MANAGER ran on $UPLINK, and the bridge's record of how is gone: start it on $UPLINK again as your system does (e.g. ifup $UPLINK)")
+      else
+        running_as "$BRIDGE_STATE/manager.client"
+        if ((${#PIDS[@]} == 0)); then  # not running already (given back before)
+          mapfile -d '' -t argv <"$BRIDGE_STATE/manager.client"
           (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 9>&- &) || PROBLEMS+=("$MANAGER did not start again: ${argv[*]}")
         fi
+        address=$(first_lease_address)
+        for ((w = 0; w < 300 && ${#address}; w++)); do  # up to 30 s: its lease on the uplink, before the rest is completed
+          [[ $(ip -o address show dev "$UPLINK") != *" $address "* ]] || break
+          sleep 0.1
+        done
       fi ;;
   esac
+  rm -f "$BRIDGE_STATE/handed"
   complete_uplink
   [[ $MANAGER == none ]] || say "$MANAGER manages $UPLINK again"
 }
@@ -582,37 +630,42 @@ find_manager() {
 # sees one client): hex, "-" for none (the server then goes by the MAC alone), empty for no DHCP.
 manager_client_id() {
   local -a args=()
-  local word take="" id=""
+  local word take="" id="" leases="" mac k
+  mac=$(ip -o link show dev "$UPLINK" | sed -n 's/.* link\/ether \([^ ]*\) .*/\1/p' | tr -d :)
   case $MANAGER in
     systemd-networkd)  # the whole option 61, type byte included (ff, IAID, DUID); the file goes with the lease
-      sed -n 's/^CLIENTID=//p' "/run/systemd/netif/leases/$(ip -o link show dev "$UPLINK" | cut -d: -f1)" 2>/dev/null ;;
+      sed -n 's/^CLIENTID=//p' "/run/systemd/netif/leases/$(ip -o link show dev "$UPLINK" | cut -d: -f1)" 2>/dev/null || true ;;
     NetworkManager)  # as its DHCP client reports it (01:MAC unless ipv4.dhcp-client-id says otherwise)
-      nmcli -f DHCP4 device show "$UPLINK" 2>/dev/null | awk '/dhcp_client_identifier/ { gsub(":", "", $NF); print $NF }' ;;
+      nmcli -f DHCP4 device show "$UPLINK" 2>/dev/null | awk '/dhcp_client_identifier/ { gsub(":", "", $NF); print $NF }' || true ;;
     udhcpc | dhclient | dhcpcd)
       mapfile -d '' -t args <"/proc/$MANAGER_PID/cmdline"
       for word in "${args[@]}"; do  # udhcpc -x 0x3d:HEX / -x 61:HEX, or -C for none; dhclient -lf FILE
         if [[ -n $take ]]; then
-          case $take in x) [[ $word != @(0x3d|61|0x3D):* ]] || id=${word#*:} ;; lf) LEASES=$word ;; esac
+          case $take in x) [[ $word != @(0x3d|61|0x3D):* ]] || id=${word#*:} ;; lf) leases=$word ;; esac
           take=""
         fi
         case $word in -x) take=x ;; -lf) take=lf ;; -C) id=- ;; esac
       done
-      if [[ $MANAGER == udhcpc ]]; then  # its default: 01 and the MAC
-        printf '%s\n' "${id:-01$(ip -o link show dev "$UPLINK" | sed -n 's/.* link\/ether \([^ ]*\) .*/\1/p' | tr -d :)}"
-      elif [[ $MANAGER == dhclient && -n ${LEASES:-} ]] && grep -q 'dhcp-client-identifier' "$LEASES" 2>/dev/null; then
-        # the server echoes it into the lease file: option dhcp-client-identifier 1:2:0:c6:12:0:2;
-        id=$(awk '/option dhcp-client-identifier/ { v = $3 } END { sub(/;$/, "", v); print v }' "$LEASES")
-        for word in ${id//:/ }; do printf '%02x' "0x$word"; done
-        echo
-      else
-        echo -  # dhclient sends none unless told (Debian's dhclient.conf does not)
-      fi ;;
+      case $MANAGER in
+        udhcpc) printf '%s\n' "${id:-01$mac}" ;;  # its default: 01 and the MAC
+        dhcpcd)  # Debian's dhcpcd.conf says duid: ff, the IAID (the MAC's last 4 bytes), the DUID it keeps
+          if grep -qs '^duid' /etc/dhcpcd.conf && [[ -s /var/lib/dhcpcd/duid ]]; then
+            printf 'ff%s%s\n' "${mac:4}" "$(tr -d ':\n' </var/lib/dhcpcd/duid)"
+          else
+            printf '01%s\n' "$mac"
+          fi ;;
+        *)  # dhclient: the server echoes what it sent into the lease file, as 1:2:0:c6:12:0:2 or "text"
+          id=$(awk '/option dhcp-client-identifier/ { sub(/^.*dhcp-client-identifier /, ""); sub(/;$/, ""); v = $0 } END { print v }' "$leases" 2>/dev/null || true)
+          if [[ -z $id ]]; then echo -  # sends none unless told (Debian's dhclient.conf does not)
+          elif [[ $id == \"*\" ]]; then id=${id:1:-1}; for ((k = 0; k < ${#id}; k++)); do printf '%02x' "'${id:k:1}"; done; echo
+          else for word in ${id//:/ }; do printf '%02x' "0x$word"; done; echo
+          fi ;;
+      esac ;;
   esac
 }
 # The manager lets go of the uplink, for the setup's life, without deconfiguring it.
 hand_over() {
-  local pid
-  local -a argv=()
+  : >"$BRIDGE_STATE/handed"  # from here on, a give-back has something to undo
   case $MANAGER in
     NetworkManager)  # unmanaged, NetworkManager leaves a device's configuration as it is
       leave_alone NetworkManager bridge "$BRIDGE $UPLINK"
@@ -620,10 +673,8 @@ hand_over() {
     systemd-networkd) ;;  # after the move (let_go): told first, it would delete what it configured
     none) ;;
     *)  # the client that runs on the uplink stops without a release or its script: the address stays
-      mapfile -d '' -t argv <"$BRIDGE_STATE/manager.client"
-      for pid in /proc/[0-9]*; do
-        [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || kill -KILL "${pid#/proc/}" 2>/dev/null || true
-      done ;;
+      running_as "$BRIDGE_STATE/manager.client"
+      ((${#PIDS[@]} == 0)) || kill -KILL "${PIDS[@]}" 2>/dev/null || true ;;
   esac
 }
 # After the move, systemd-networkd lets go of the uplink: once it has nothing left there to delete (the
@@ -642,12 +693,19 @@ let_go() {
   die "systemd-networkd did not let go of $UPLINK within 30 s (networkctl status $UPLINK says: $(networkd_state "$UPLINK"))"
 }
 # The host's lease on the bridge, renewed by a udhcpc of ours with the manager's client id (started once
-# the manager has let go, so a release of the manager's own cannot cancel it).
+# the manager has let go, so a release of the manager's own cannot cancel it). A manager that gave the
+# uplink a static address (no lease: no address with lifetimes) has nothing to renew.
 renew_on_bridge() {
-  local id
+  local id address
+  address=$(first_lease_address)
+  if [[ -z $address ]]; then
+    say "$UPLINK has no DHCP lease ($MANAGER gave it static addresses): nothing to renew on $BRIDGE"
+    return 0
+  fi
   read -r id <"$BRIDGE_STATE/client-id" || id=""
+  stop_renewer  # one at a time (a run again after a kill)
   printf '%s\n' udhcpc >"$BRIDGE_STATE/host.client"
-  dhcp_start udhcpc host "$BRIDGE" "$(awk '$1 == "addr" && $2 !~ /:/ { sub(/\/.*/, "", $2); print $2; exit }' "$BRIDGE_STATE/carry")" "$id"
+  dhcp_start udhcpc host "$BRIDGE" "${address%/*}" "$id"
   wait_for_host_lease udhcpc
 }
 wait_for_host_lease() {  # $1 client
@@ -705,7 +763,8 @@ read_record
 if ((${#RECORD[@]} > 0)); then  # running again: the same setup, or refuse
   [[ ${RECORD[MODE]:-bridge} == bridge ]] || die "prefix $PREFIX is set up with --mode ${RECORD[MODE]:-bridge}: take it down first to change that"
   [[ ${RECORD[COUNT]} == "$COUNT" ]] || die "prefix $PREFIX is set up with ${RECORD[COUNT]} namespaces: take it down first to change that"
-  [[ -n $UPLINK ]] || UPLINK=${RECORD[UPLINK]}
+  [[ -z $UPLINK || $UPLINK == "${RECORD[UPLINK]}" ]] || die "prefix $PREFIX is set up on the uplink ${RECORD[UPLINK]}, not $UPLINK: leave --uplink out (or take the setup down first to change it)"
+  UPLINK=${RECORD[UPLINK]}
   if [[ $DHCP != "${RECORD[DHCP]}" ]]; then
     [[ $DHCP == auto ]] || die "prefix $PREFIX is set up with --dhcp ${RECORD[DHCP]}: take it down first to change that"
     DHCP=${RECORD[DHCP]}
@@ -749,8 +808,7 @@ find_uplink
 if [[ $UPLINK == "$BRIDGE" ]]; then  # another setup already moved the uplink into this bridge: the bridge's record says which
   [[ -s $BRIDGE_STATE/uplink ]] || die "the default route already leaves by $BRIDGE, which no multiip setup recorded: name the uplink with --uplink"
   read -r UPLINK <"$BRIDGE_STATE/uplink"
-  link_exists "$UPLINK" || die "uplink $UPLINK does not exist"
-  MTU=$(ip -o link show dev "$UPLINK" | sed -n 's/.* mtu \([0-9]*\) .*/\1/p')
+  find_uplink
 fi
 ip -o link show dev "$UPLINK" | grep -q ' link/ether ' || die "uplink $UPLINK is not an Ethernet device"
 if is_wifi "$UPLINK"; then
@@ -912,9 +970,9 @@ drain
 progress namespaces "$COUNT" "$COUNT"
 
 step 5/6 "move $UPLINK into $BRIDGE (everything it carries moves to the bridge)"
-# The move is done when the bridge's mark is there. The uplink in the bridge without a mark is a move
-# that was killed half-way: it goes back first, then moves again.
-if [[ ! -e $BRIDGE_STATE/moved ]]; then
+# The move is done when the bridge's mark is there and the uplink is in the bridge. The uplink in the
+# bridge without a mark is a move that was killed half-way: it goes back first, then moves again.
+if [[ ! -e $BRIDGE_STATE/moved || $(link_master "$UPLINK") != "$BRIDGE" ]]; then
   if [[ $(link_master "$UPLINK") == "$BRIDGE" ]]; then
     say "$UPLINK is in $BRIDGE but its move did not finish: putting it back first"
     restore_uplink
@@ -926,6 +984,12 @@ if [[ ! -e $BRIDGE_STATE/moved ]]; then
   ip -batch - <<<"link set dev $UPLINK master $BRIDGE"$'\n'"$CARRY""link set dev $UPLINK up"
   [[ -z $CARRY6 ]] || ip -6 -batch - <<<"$CARRY6"
   say "$UPLINK is in $BRIDGE, which carries its addresses, routes and rules"
+  case $MANAGER in NetworkManager | systemd-networkd)  # they took router advertisements for the uplink themselves
+    if [[ $(cat "/proc/sys/net/ipv6/conf/$BRIDGE/forwarding" 2>/dev/null) == 0 ]]; then
+      echo 1 >"/proc/sys/net/ipv6/conf/$BRIDGE/accept_ra" && echo 1 >"/proc/sys/net/ipv6/conf/$BRIDGE/autoconf" &&
+        say "router advertisements on $BRIDGE are the kernel's (they were $MANAGER's on $UPLINK): its IPv6 routes and SLAAC addresses are renewed" || true
+    fi ;;
+  esac
   let_go
   [[ $MANAGER == none ]] || renew_on_bridge
   : >"$BRIDGE_STATE/moved"

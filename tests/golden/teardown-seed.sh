@@ -158,17 +158,20 @@ client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running clien
 #   route FAMILY ARGS        a route over DEV in any table: multipath, nhid, onlink, src, metric, proto,
 #                            expires (as an epoch) as `ip route` prints them
 #   rule FAMILY ARGS         an ip rule that names DEV (iif, oif)
-# Not described, because the kernel makes them again with the addresses: link-local and host-scope
-# addresses, IPv6 privacy (temporary) addresses, the routes of table local and proto kernel.
+# Not described, because the kernel makes them again with the addresses: IPv6 link-local and host-scope
+# addresses, IPv6 privacy (temporary) addresses, the routes of table local and the IPv6 prefix routes of
+# the addresses (proto kernel, metric 256). IPv4 subnet routes are described: NetworkManager makes its
+# own (its addresses are noprefixroute), and replacing one the kernel made changes nothing.
 CONF_KEYS=(ipv4/rp_filter ipv4/arp_ignore ipv4/arp_announce ipv4/arp_filter ipv4/accept_redirects
   ipv4/send_redirects ipv4/proxy_arp ipv4/log_martians ipv6/disable_ipv6 ipv6/accept_ra ipv6/accept_ra_defrtr
   ipv6/accept_ra_pinfo ipv6/autoconf ipv6/use_tempaddr ipv6/stable_secret ipv6/addr_gen_mode ipv6/accept_redirects)
 describe_addresses() {  # $1 device, $2 now (epoch seconds)
-  ip -o address show dev "$1" | tr -d '\\' | awk -v dev="$1" -v now="$2" '
-    ($3 != "inet" && $3 != "inet6") || / scope (link|host) / || / temporary / { next }
+  { ip -o address show dev "$1" 2>/dev/null || true; } | tr -d '\\' | awk -v dev="$1" -v now="$2" '
+    ($3 != "inet" && $3 != "inet6") || / scope host / || ($3 == "inet6" && / scope link /) || / temporary / { next }
     { out = "addr " $4; ends = ""
       for (i = 5; i <= NF; i++) {
         if ($i == "brd" || $i == "metric") { out = out " " $i " " $(i + 1); i++ }
+        else if ($i == "scope" && $(i + 1) == "link") { out = out " scope link"; i++ }
         else if ($i == "valid_lft" || $i == "preferred_lft") {
           v = $(i + 1); sub(/sec$/, "", v); ends = ends " " (v == "forever" ? "-" : now + v); i++ }
         else if ($i ~ /^(noprefixroute|nodad|home|optimistic|mngtmpaddr)$/) out = out " " $i
@@ -184,7 +187,7 @@ describe() {  # $1 device
     printf 'conf %s %s %s\n' "${key%%/*}" "${key#*/}" "$value"
   done
   describe_addresses "$1" "$now"
-  ip -o nexthop show 2>/dev/null | awk -v dev="$1" '
+  { ip -o nexthop show 2>/dev/null || true; } | awk -v dev="$1" '
     { named = 0; out = "nexthop"
       for (i = 1; i <= NF; i++)
         if ($i == "dev" && $(i + 1) == dev) { named = 1; out = out " dev @"; i++ }
@@ -192,8 +195,8 @@ describe() {  # $1 device
         else out = out " " $i
       if (named) print out }'
   for family in 4 6; do
-    ip "-$family" -o route show table all | tr -d '\\' | awk -v dev="$1" -v family="$family" -v now="$now" '
-      / table local / || / proto kernel / || / cache / { next }
+    { ip "-$family" -o route show table all 2>/dev/null || true; } | tr -d '\\' | awk -v dev="$1" -v family="$family" -v now="$now" '
+      / table local / || / cache / || (family == 6 && / proto kernel / && / metric 256 /) { next }
       /^(multicast|local|broadcast|anycast|unreachable|prohibit|blackhole|throw) / { next }
       { named = 0; nh = 0
         for (i = 1; i < NF; i++) { if ($i == "dev" && $(i + 1) == dev) named = 1; if ($i == "nhid") nh = 1 }
@@ -206,11 +209,10 @@ describe() {  # $1 device
           if ($i == "dev" && $(i + 1) == dev) { out = out " dev @"; i++; continue }
           if ($i == "expires") { v = $(i + 1); sub(/sec$/, "", v); out = out " expires " (now + v); i++; continue }
           out = out " " $i }
-        if (/ via /) later[++n] = "route " family out; else print "route " family out }  # gateways last
-      END { for (i = 1; i <= n; i++) print later[i] }'
+        print "route " family out }'
   done
   for family in 4 6; do
-    ip "-$family" rule show | awk -v dev="$1" -v family="$family" '{
+    { ip "-$family" rule show 2>/dev/null || true; } | awk -v dev="$1" -v family="$family" '{
       named = 0
       for (i = 2; i < NF; i++) if (($i == "iif" || $i == "oif") && $(i + 1) == dev) named = 1
       if (!named) next
@@ -223,24 +225,34 @@ describe() {  # $1 device
   done
 }
 at() {  # $1 a described line, $2 device: the line naming the device where it says @
-  local line=" $1 "
+  local line=" $1 " label
   line=${line// dev @ / dev $2 }
   line=${line// iif @ / iif $2 }
   line=${line// oif @ / oif $2 }
-  line=${line// label @/ label $2}
+  if [[ $line =~ \ label\ @([^ ]*)\  ]]; then  # a label is the device's name and a suffix, 15 characters at most
+    label=$2${BASH_REMATCH[1]}
+    if ((${#label} <= 15)); then line=${line/ label @${BASH_REMATCH[1]} / label $label }
+    else line=${line/ label @${BASH_REMATCH[1]} / }  # on a longer name it goes without (the description keeps it)
+    fi
+  fi
   line=${line# }
   printf '%s' "${line% }"
 }
-# carry FILE FROM TO (FROM may be TO: what it lacks, added): sets CARRY (`ip -batch` lines) and CARRY6 (`ip -6 -batch`: IPv6 rules) that give TO
-# what FILE describes and take its addresses and rules off FROM, and writes FILE's settings to TO's
-# sysctls. An address with lifetimes keeps what it has left where it is now (FROM: a DHCP client or the
-# kernel renewed it there), or what the description says is left; one whose lifetime is over stays gone.
+# carry FILE FROM TO (FROM may be TO: what it lacks, added): sets CARRY (`ip -batch` lines) and CARRY6
+# (`ip -6 -batch`: IPv6 rules) that give TO what FILE describes and take its addresses and rules off FROM,
+# and writes FILE's settings to TO's sysctls. The order: addresses, the routes that reach a device
+# directly, nexthop objects (their gateways are reachable by then), the routes through gateways or
+# nexthop objects, rules; then FROM's addresses go, secondaries before their primary. An address with
+# lifetimes keeps what it has left where it is now (on FROM or TO: a DHCP client or the kernel renewed
+# it there), or what the description says is left; one whose lifetime is over stays gone.
 carry() {
   local file=$1 from=$2 to=$3 now kind rest line address family key value valid preferred
-  local -A current=()
-  local addrs4="" addrs6="" nexthops="" routes="" gone=""
+  local -A ends=()
+  local addrs4="" addrs6="" direct="" nexthops="" routes="" gone=""
   now=$(date +%s)
-  while read -r _ address rest; do current[$address]="$address $rest"; done < <(describe_addresses "$from" "$now" 2>/dev/null)
+  while read -r _ address rest; do
+    [[ $rest != *" ends "* ]] || ends[$address]=${rest##* ends }
+  done < <(describe_addresses "$to" "$now"; describe_addresses "$from" "$now")
   CARRY="" CARRY6=""
   while read -r kind rest; do
     case $kind in
@@ -248,17 +260,15 @@ carry() {
         read -r family key value <<<"$rest"
         printf '%s\n' "$value" 2>/dev/null >"/proc/sys/net/$family/conf/$to/$key" || true ;;
       addr)
-        address=${rest%% *}
-        line=${current[$address]:-$rest}
-        if [[ $line == *" ends "* ]]; then
-          read -r valid preferred <<<"${line##* ends }"
-          line=${line% ends *}
+        address=${rest%% *} line=${rest% ends *}
+        if [[ $rest == *" ends "* ]]; then
+          read -r valid preferred <<<"${ends[$address]:-${rest##* ends }}"
           [[ $valid == - ]] || { ((valid > now)) || continue; line+=" valid_lft $((valid - now))"; }
           [[ $preferred == - ]] || line+=" preferred_lft $((preferred > now ? preferred - now : 0))"
         fi
         line="address replace $(at "$line" "$to") dev $to"$'\n'
         if [[ $address == *:* ]]; then addrs6=$line$addrs6; else addrs4+=$line; fi  # the order ip lists them in
-        [[ $from == "$to" ]] || gone="address del $address dev $from"$'\n'$gone ;;  # secondaries before their primary
+        [[ $from == "$to" ]] || gone="address del $address dev $from"$'\n'$gone ;;
       nexthop) nexthops+="nexthop replace $(at "$rest" "$to")"$'\n' ;;
       route)
         family=${rest%% *} line=${rest#* }
@@ -267,7 +277,8 @@ carry() {
           ((BASH_REMATCH[2] > now)) || continue
           line="${BASH_REMATCH[1]} expires $((BASH_REMATCH[2] - now))${BASH_REMATCH[3]}"
         fi
-        routes+="route replace $(at "$line" "$to")"$'\n' ;;
+        line="route replace $(at "$line" "$to")"$'\n'
+        if [[ $line == *" via "* || $line == *" nhid "* ]]; then routes+=$line; else direct+=$line; fi ;;
       rule)
         family=${rest%% *} line="rule add $(at "${rest#* }" "$to")"$'\n'
         [[ $from == "$to" ]] || line="rule del $(at "${rest#* }" "$from")"$'\n'$line
@@ -276,28 +287,40 @@ carry() {
   done <"$file"
   # the prefix routes the kernel made for FROM's IPv6 addresses with lifetimes outlive them: they go too
   [[ $from == "$to" ]] || while read -r line; do gone="route del $line dev $from"$'\n'$gone; done < <(
-    ip -6 -o route show dev "$from" proto kernel 2>/dev/null |
+    { ip -6 -o route show dev "$from" proto kernel 2>/dev/null || true; } |
       awk '$1 != "fe80::/64" { m = 256; for (i = 2; i < NF; i++) if ($i == "metric") m = $(i + 1); print $1, "proto kernel metric", m }')
-  CARRY=$addrs4$addrs6$nexthops$routes$CARRY$gone
+  CARRY=$addrs4$addrs6$direct$nexthops$routes$CARRY$gone
+}
+apply_carry() {  # what carry made, past any error (ip -force); what did not take is found by lacks
+  ip -force -batch - <<<"$CARRY" >/dev/null 2>&1 || true
+  [[ -z $CARRY6 ]] || ip -6 -force -batch - <<<"$CARRY6" >/dev/null 2>&1 || true
 }
 # The lines of FILE the device does not carry now (lifetimes and expiry times aside; not what expired).
 lacks() {  # $1 file, $2 device
   local -A has=()
-  local line valid now
+  local line key now
   now=$(date +%s)
-  while read -r line; do has[$line]=1; done < <(describe "$2" | sed 's/ ends .*//; s/ expires [0-9]*//')
+  while read -r line; do
+    line=${line% ends *}
+    [[ ! $line =~ ^(.*)\ expires\ [0-9]+(.*)$ ]] || line=${BASH_REMATCH[1]}${BASH_REMATCH[2]}
+    has[$line]=1
+  done < <(describe "$2" || true)
   while read -r line; do
     case $line in conf\ *) continue ;; esac
-    if [[ $line =~ \ (ends|expires)\ ([0-9]+) ]]; then valid=${BASH_REMATCH[2]}; ((valid > now)) || continue; fi
-    [[ -n ${has[$(sed 's/ ends .*//; s/ expires [0-9]*//' <<<"$line")]:-} ]] || printf '%s\n' "$line"
+    if [[ $line =~ \ (ends|expires)\ ([0-9]+) ]]; then ((BASH_REMATCH[2] > now)) || continue; fi
+    key=${line% ends *}
+    [[ ! $key =~ ^(.*)\ expires\ [0-9]+(.*)$ ]] || key=${BASH_REMATCH[1]}${BASH_REMATCH[2]}
+    [[ -n ${has[$key]:-} ]] || printf '%s\n' "$line"
   done <"$1"
 }
 as_command() {  # $1 a described line, $2 device: the command that puts it on the device
   local kind=${1%% *} rest=${1#* }
+  rest=${rest% ends *}
+  [[ ! $rest =~ ^(.*)\ expires\ [0-9]+(.*)$ ]] || rest=${BASH_REMATCH[1]}${BASH_REMATCH[2]}
   case $kind in
-    addr) printf 'ip address replace %s dev %s' "$(at "${rest% ends *}" "$2")" "$2" ;;
+    addr) printf 'ip address replace %s dev %s' "$(at "$rest" "$2")" "$2" ;;
     nexthop) printf 'ip nexthop replace %s' "$(at "$rest" "$2")" ;;
-    route) printf 'ip -%s route replace %s' "${rest%% *}" "$(at "$(sed 's/ expires [0-9]*//' <<<"${rest#* }")" "$2")" ;;
+    route) printf 'ip -%s route replace %s' "${rest%% *}" "$(at "${rest#* }" "$2")" ;;
     rule) printf 'ip -%s rule add %s' "${rest%% *}" "$(at "${rest#* }" "$2")" ;;
   esac
 }
@@ -306,17 +329,28 @@ report_problems() {
   local problem
   for problem in "${PROBLEMS[@]}"; do say "could not put back: $problem"; done
 }
+stop_renewer() {  # the client of ours that renews the host's lease on the bridge goes, without a release
+  local w client=udhcpc
+  [[ ! -s $BRIDGE_STATE/host.client ]] || read -r client <"$BRIDGE_STATE/host.client"
+  client_pid "$client" host "$BRIDGE"
+  [[ -n $PID ]] || return 0
+  kill -TERM "$PID" 2>/dev/null || true
+  for ((w = 0; w < 100; w++)); do alive "$PID" || return 0; sleep 0.1; done
+  kill -KILL "$PID" 2>/dev/null || true
+}
 # The uplink out of the bridge, with everything the description gives it, in one `ip -batch` that goes
-# on past any error (so the host is without its address for as short a time as possible). Without the
-# bridge's record (it was deleted) the description is what the bridge carries now.
+# on past any error (so the host is without its address for as short a time as possible); then the move
+# is over. Without the bridge's record (it was deleted) the description is what the bridge carries now.
 restore_uplink() {
+  stop_renewer  # first: a late renewal would put the address on the bridge again
   if [[ ! -s $BRIDGE_STATE/carry ]]; then
     safe_dir "$BRIDGE_STATE"
     describe "$BRIDGE" >"$BRIDGE_STATE/carry"
   fi
   carry "$BRIDGE_STATE/carry" "$BRIDGE" "$UPLINK"
-  ip -force -batch - <<<"link set dev $UPLINK nomaster"$'\n'"$CARRY""link set dev $UPLINK up" >/dev/null 2>&1 || true
-  [[ -z $CARRY6 ]] || ip -6 -force -batch - <<<"$CARRY6" >/dev/null 2>&1 || true
+  CARRY="link set dev $UPLINK nomaster"$'\n'$CARRY"link set dev $UPLINK up"$'\n'
+  apply_carry
+  rm -f "$BRIDGE_STATE/moved"
   [[ -z $(link_master "$UPLINK") ]] || PROBLEMS+=("$UPLINK is still a port of $BRIDGE: ip link set dev $UPLINK nomaster")
 }
 # What the uplink carried and lacks now, added; then what it still lacks is a problem. With a manager,
@@ -326,9 +360,8 @@ complete_uplink() {
   lacks "$BRIDGE_STATE/carry" "$UPLINK" | { if [[ $MANAGER == none ]]; then cat; else grep -v '^addr .* ends ' || true; fi; } >"$file"
   [[ -s $file ]] || return 0
   carry "$file" "$UPLINK" "$UPLINK"
-  ip -force -batch - <<<"$CARRY" >/dev/null 2>&1 || true
-  [[ -z $CARRY6 ]] || ip -6 -force -batch - <<<"$CARRY6" >/dev/null 2>&1 || true
-  while read -r line; do PROBLEMS+=("$UPLINK lacks ${line}: $(as_command "$line" "$UPLINK")"); done < <(lacks "$file" "$UPLINK")
+  apply_carry
+  while read -r line; do PROBLEMS+=("$UPLINK lacks ${line% ends *}: $(as_command "$line" "$UPLINK")"); done < <(lacks "$file" "$UPLINK")
 }
 
 # MANAGER is none, NetworkManager, systemd-networkd, or the DHCP client (dhclient, dhcpcd, udhcpc) that
@@ -340,10 +373,10 @@ complete_uplink() {
 NM_CONF=/run/NetworkManager/conf.d/90-multiip-$PREFIX.conf  # this setup's ports
 NETWORKD_FILE=/run/systemd/network/00-multiip-$PREFIX.network
 bridge_record() {  # what follows from BRIDGE (a teardown learns it from the record): its record, its manager's files
-  # a bridge is one of this network namespace's (the kernel's inode of it tells them apart)
+  # a bridge is one of this network namespace's (the kernel's inode of it tells them apart); '@' is in no prefix
   BRIDGE_STATE=${STATE%/*}/.bridge-$BRIDGE-$NETNS
-  NM_BRIDGE_CONF=/run/NetworkManager/conf.d/90-multiip-bridge-$BRIDGE.conf  # the bridge and the uplink
-  NETWORKD_BRIDGE_FILE=/run/systemd/network/00-multiip-bridge-$BRIDGE.network
+  NM_BRIDGE_CONF=/run/NetworkManager/conf.d/90-multiip@$BRIDGE.conf  # the bridge and the uplink
+  NETWORKD_BRIDGE_FILE=/run/systemd/network/00-multiip@$BRIDGE.network
 }
 bridge_record
 leave_alone() {  # $1 manager, $2 which file (setup: this setup's ports; bridge: the bridge and the uplink), $3 names (globs); none: remove it
@@ -354,7 +387,7 @@ leave_alone() {  # $1 manager, $2 which file (setup: this setup's ports; bridge:
       [[ $2 == setup ]] || file=$NM_BRIDGE_CONF
       if [[ -n $3 ]]; then
         mkdir -p "${file%/*}"
-        printf '[device-multiip-%s]\nmatch-device=interface-name:%s\nmanaged=0\n' "${file##*/90-multiip-}" "${3// /;interface-name:}" >"$file"
+        printf '[device-multiip-%s-%s]\nmatch-device=interface-name:%s\nmanaged=0\n' "$2" "$PREFIX" "${3// /;interface-name:}" >"$file"
       else rm -f "$file"
       fi
       nmcli general reload conf ;;
@@ -372,20 +405,29 @@ leave_alone() {  # $1 manager, $2 which file (setup: this setup's ports; bridge:
 networkd_state() {  # $1 interface: networkd's SETUP state of it (configured, configuring, unmanaged, ...)
   networkctl list --no-legend --no-pager "$1" 2>/dev/null | awk '{ print $5 }'
 }
+running_as() {  # $1 a file with a command line (NUL-separated): sets PIDS to the processes that run it here
+  local -a argv=()
+  local pid
+  PIDS=()
+  mapfile -d '' -t argv <"$1"
+  for pid in /proc/[0-9]*; do
+    [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || PIDS+=("${pid#/proc/}")
+  done
+}
+first_lease_address() {  # the uplink's first address with lifetimes, as described (a DHCP lease's): A/LEN, or ""
+  awk '$1 == "addr" && $2 !~ /:/ && / ends / { print $2; exit }' "$BRIDGE_STATE/carry"
+}
 # Undo the uplink's handover (also a half one), every part of it even when one fails: our renewer
 # goes (no release), the manager has the uplink back as it had it, and what it does not make itself
 # (other addresses, routes in other tables, rules) is completed from the description. What could not
-# be done is said with the command that does it (PROBLEMS).
+# be done is said with the command that does it (PROBLEMS). Nothing of it if the uplink was never handed.
 give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, while it exists)
-  local argv=() pid w state
-  client_pid udhcpc host "$BRIDGE"
-  if [[ -n $PID ]]; then
-    kill -TERM "$PID" 2>/dev/null || true
-    for ((w = 0; w < 50; w++)); do alive "$PID" || break; sleep 0.1; done
-  fi
+  local argv=() w state address
+  stop_renewer
+  leave_alone "$MANAGER" bridge "$1" || PROBLEMS+=("$MANAGER did not take its configuration again: remove $NM_BRIDGE_CONF $NETWORKD_BRIDGE_FILE, then nmcli general reload conf or networkctl reload")
+  [[ -e $BRIDGE_STATE/handed ]] || return 0
   case $MANAGER in
     NetworkManager)
-      leave_alone NetworkManager bridge "$1" || PROBLEMS+=("NetworkManager did not reload its configuration: nmcli general reload conf")
       nmcli device set "$UPLINK" managed yes || PROBLEMS+=("NetworkManager does not manage $UPLINK again: nmcli device set $UPLINK managed yes")
       if [[ -s $BRIDGE_STATE/manager.connection ]]; then  # active again, as it was
         nmcli --wait 30 connection up uuid "$(<"$BRIDGE_STATE/manager.connection")" >/dev/null ||
@@ -396,7 +438,6 @@ give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, 
       # link-local address it believes is missing: announcing it again lets it finish configuring
       ip -6 -o address show dev "$UPLINK" scope link | awk '{ print $4 }' |
         while read -r address; do ip -6 address replace "$address" dev "$UPLINK" scope link || true; done
-      leave_alone systemd-networkd bridge "$1" || PROBLEMS+=("systemd-networkd did not reload: networkctl reload")
       for ((w = 0; w < 900; w++)); do  # up to 90 s: networkd asks DHCP for the address again
         state=$(networkd_state "$UPLINK")
         [[ $state == configuring || $state == unmanaged || $state == pending || $state == initialized ]] || break
@@ -404,16 +445,22 @@ give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, 
       done
       [[ $state == configured ]] || PROBLEMS+=("systemd-networkd has $UPLINK $state, not configured: networkctl status $UPLINK; networkctl reconfigure $UPLINK") ;;
     dhclient | dhcpcd | udhcpc)
-      if [[ -s $BRIDGE_STATE/manager.client ]]; then
-        mapfile -d '' -t argv <"$BRIDGE_STATE/manager.client"
-        for pid in /proc/[0-9]*; do  # running already (given back before)
-          [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || argv=()
-        done
-        if ((${#argv[@]} > 0)); then
+      if [[ ! -s $BRIDGE_STATE/manager.client ]]; then
+        PROBLEMS+=("$MANAGER ran on $UPLINK, and the bridge's record of how is gone: start it on $UPLINK again as your system does (e.g. ifup $UPLINK)")
+      else
+        running_as "$BRIDGE_STATE/manager.client"
+        if ((${#PIDS[@]} == 0)); then  # not running already (given back before)
+          mapfile -d '' -t argv <"$BRIDGE_STATE/manager.client"
           (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 9>&- &) || PROBLEMS+=("$MANAGER did not start again: ${argv[*]}")
         fi
+        address=$(first_lease_address)
+        for ((w = 0; w < 300 && ${#address}; w++)); do  # up to 30 s: its lease on the uplink, before the rest is completed
+          [[ $(ip -o address show dev "$UPLINK") != *" $address "* ]] || break
+          sleep 0.1
+        done
       fi ;;
   esac
+  rm -f "$BRIDGE_STATE/handed"
   complete_uplink
   [[ $MANAGER == none ]] || say "$MANAGER manages $UPLINK again"
 }
@@ -458,6 +505,24 @@ map_namespace_pids() {
   done < <(find /proc -mindepth 3 -maxdepth 3 -path '/proc/[0-9]*/ns/net' -printf '%p %l\n' 2>/dev/null || true)
 }
 
+# The last setup on the bridge goes: the uplink out of it with all it carried (if it is in it), the bridge
+# removed (if a setup made it), the uplink's manager given it back.
+bridge_goes() {
+  local made=1  # a record lost with the bridge's: a bridge with multiip's ports on it is multiip's
+  if [[ -s $BRIDGE_STATE/host.client && $(<"$BRIDGE_STATE/host.client") != udhcpc ]]; then  # --host-dhcp: the bridge's own client
+    dhcp_release "$(<"$BRIDGE_STATE/host.client")" host "$BRIDGE"
+    if [[ -n $PID ]]; then wait_gone "$PID"; fi
+  fi
+  if [[ -n $UPLINK ]] && link_exists "$BRIDGE" && [[ $(link_master "$UPLINK") == "$BRIDGE" ]]; then restore_uplink; fi
+  [[ ! -s $BRIDGE_STATE/made ]] || read -r made <"$BRIDGE_STATE/made"
+  if ! link_exists "$BRIDGE"; then :
+  elif [[ $made == 1 ]]; then ip link del dev "$BRIDGE"
+  else say "$BRIDGE was there before the setup: left in place"
+  fi
+  [[ -z $UPLINK ]] || ! link_exists "$UPLINK" || give_back_to_manager ""
+  BRIDGE_GOES=1
+}
+
 step 1/5 "preflight: root, tools, what the record names"
 need_root
 need_tool ip iproute2
@@ -470,7 +535,8 @@ declare -A INSIDE_OF=() PORT_OF=()
 NAMESPACES=()
 if ((${#RECORD[@]} > 0)); then
   BRIDGE=${RECORD[BRIDGE]}
-  [[ -n $UPLINK ]] || UPLINK=${RECORD[UPLINK]}
+  [[ -z $UPLINK || $UPLINK == "${RECORD[UPLINK]}" ]] || die "prefix $PREFIX is set up on the uplink ${RECORD[UPLINK]}, not $UPLINK: leave --uplink out (or take the setup down first to change it)"
+  UPLINK=${RECORD[UPLINK]}
   if [[ -r $STATE/namespaces ]]; then
     while read -r ns inside port _; do
       NAMESPACES+=("$ns")
@@ -655,7 +721,7 @@ if [[ $MODE == alias ]]; then  # exactly the recorded addresses, where they stil
 elif [[ $MODE != bridge ]]; then
   say "--mode $MODE: nothing to give back, $UPLINK was left as it was"
 elif link_exists "$BRIDGE"; then
-  leave_alone "$MANAGER" setup ""  # this setup's ports are gone
+  leave_alone "$MANAGER" setup "" || PROBLEMS+=("$MANAGER did not reload: remove $NM_CONF $NETWORKD_FILE and reload it")
   foreign_ports
   others="" strangers=""  # other ports: another multiip setup's (alias multiip:...), or someone else's
   for name in "${FOREIGN[@]}"; do
@@ -668,24 +734,11 @@ elif link_exists "$BRIDGE"; then
   elif [[ -n $others ]]; then
     say "$BRIDGE still has other setups' ports:$others; it keeps ${UPLINK:-the uplink}, its manager's handover and the host's lease renewal for the last of them"
   else
-    if [[ -s $BRIDGE_STATE/host.client && $(<"$BRIDGE_STATE/host.client") != udhcpc ]]; then  # --host-dhcp: the bridge's own client
-      dhcp_release "$(<"$BRIDGE_STATE/host.client")" host "$BRIDGE"
-      if [[ -n $PID ]]; then wait_gone "$PID"; fi
-    fi
-    [[ -z $UPLINK ]] || restore_uplink
-    made=1  # a record lost with the bridge's: a bridge with multiip's ports on it is multiip's
-    [[ ! -s $BRIDGE_STATE/made ]] || read -r made <"$BRIDGE_STATE/made"
-    if [[ $made == 1 ]]; then ip link del dev "$BRIDGE"
-    else say "$BRIDGE was there before the setup: left in place"
-    fi
-    [[ -z $UPLINK ]] || give_back_to_manager ""
-    BRIDGE_GOES=1
+    bridge_goes
   fi
-elif [[ -n $UPLINK ]] && link_exists "$UPLINK" && [[ -e $BRIDGE_STATE/carry ]]; then
-  leave_alone "$MANAGER" setup ""
-  restore_uplink  # bridge already gone: make sure the uplink has what it carried
-  give_back_to_manager ""
-  BRIDGE_GOES=1
+elif [[ -e $BRIDGE_STATE/manager ]]; then  # the bridge is gone already (removed by hand): the uplink has the rest back
+  leave_alone "$MANAGER" setup "" || PROBLEMS+=("$MANAGER did not reload: remove $NM_CONF $NETWORKD_FILE and reload it")
+  bridge_goes
 fi
 
 LIMITS=${STATE%/*}/host-limits  # what --tune-host raised: back as it was when the last setup that did goes
