@@ -180,13 +180,17 @@ describe_addresses() {  # $1 device, $2 now (epoch seconds)
       print out (ends == " - -" ? "" : " ends" ends) }'
 }
 describe() {  # $1 device
-  local key value now
+  local key value now addresses own=""
   now=$(date +%s)
   for key in "${CONF_KEYS[@]}"; do
     value=$(cat "/proc/sys/net/${key%%/*}/conf/$1/${key#*/}" 2>/dev/null) || continue  # stable_secret: unset
     printf 'conf %s %s %s\n' "${key%%/*}" "${key#*/}" "$value"
   done
-  describe_addresses "$1" "$now"
+  addresses=$(describe_addresses "$1" "$now")
+  [[ -z $addresses ]] || printf '%s\n' "$addresses"
+  while read -r _ address rest; do  # the IPv4 addresses whose subnet route the kernel makes (not noprefixroute)
+    [[ $address == *:* || " $rest " == *" noprefixroute "* ]] || own+=" ${address%/*}"
+  done <<<"$addresses"
   { ip -o nexthop show 2>/dev/null || true; } | awk -v dev="$1" '
     { named = 0; out = "nexthop"
       for (i = 1; i <= NF; i++)
@@ -195,8 +199,10 @@ describe() {  # $1 device
         else out = out " " $i
       if (named) print out }'
   for family in 4 6; do
-    { ip "-$family" -o route show table all 2>/dev/null || true; } | tr -d '\\' | awk -v dev="$1" -v family="$family" -v now="$now" '
+    { ip "-$family" -o route show table all 2>/dev/null || true; } | tr -d '\\' |
+      awk -v dev="$1" -v family="$family" -v now="$now" -v own="$own " '
       / table local / || / cache / || (family == 6 && / proto kernel / && / metric 256 /) { next }
+      / proto kernel / { for (i = 1; i < NF; i++) if ($i == "src" && index(own, " " $(i + 1) " ")) next }  # the kernel makes it again
       /^(multicast|local|broadcast|anycast|unreachable|prohibit|blackhole|throw) / { next }
       { named = 0; nh = 0
         for (i = 1; i < NF; i++) { if ($i == "dev" && $(i + 1) == dev) named = 1; if ($i == "nhid") nh = 1 }
