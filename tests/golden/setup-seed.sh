@@ -484,10 +484,11 @@ restore_uplink() {
   [[ -z $(link_master "$UPLINK") ]] || PROBLEMS+=("$UPLINK is still a port of $BRIDGE: ip link set dev $UPLINK nomaster")
 }
 # What the uplink carried and lacks now, added; then what it still lacks is a problem. With a manager,
-# its leased addresses are its own to renew (an old lease's address is not put back).
+# its DHCP lease is its own to renew (an old lease's address is not put back).
 complete_uplink() {
-  local file=$BRIDGE_STATE/carry.lacking line
-  lacks "$BRIDGE_STATE/carry" "$UPLINK" | { if [[ $MANAGER == none ]]; then cat; else grep -v '^addr .* ends ' || true; fi; } >"$file"
+  local file=$BRIDGE_STATE/carry.lacking line lease
+  lease=$(leased_address)
+  lacks "$BRIDGE_STATE/carry" "$UPLINK" | { grep -v "^addr ${lease:-none}/" || true; } >"$file"
   [[ -s $file ]] || return 0
   carry "$file" "$UPLINK" "$UPLINK"
   apply_carry
@@ -544,8 +545,8 @@ running_as() {  # $1 a file with a command line (NUL-separated): sets PIDS to th
     [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || PIDS+=("${pid#/proc/}")
   done
 }
-first_lease_address() {  # the uplink's first address with lifetimes, as described (a DHCP lease's): A/LEN, or ""
-  awk '$1 == "addr" && $2 !~ /:/ && / ends / { print $2; exit }' "$BRIDGE_STATE/carry"
+leased_address() {  # the uplink's address its manager holds a DHCP lease for (step 2 saw it), or ""
+  [[ ! -s $BRIDGE_STATE/lease ]] || cat "$BRIDGE_STATE/lease"
 }
 # Undo the uplink's handover (also a half one), every part of it even when one fails: our renewer
 # goes (no release), the manager has the uplink back as it had it, and what it does not make itself
@@ -583,9 +584,9 @@ give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, 
           mapfile -d '' -t argv <"$BRIDGE_STATE/manager.client"
           (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 9>&- &) || PROBLEMS+=("$MANAGER did not start again: ${argv[*]}")
         fi
-        address=$(first_lease_address)
+        address=$(leased_address)
         for ((w = 0; w < 300 && ${#address}; w++)); do  # up to 30 s: its lease on the uplink, before the rest is completed
-          [[ $(ip -o address show dev "$UPLINK") != *" $address "* ]] || break
+          [[ $(ip -o address show dev "$UPLINK") != *" $address/"* ]] || break
           sleep 0.1
         done
       fi ;;
@@ -669,6 +670,17 @@ manager_client_id() {
       esac ;;
   esac
 }
+# The IPv4 address the manager holds a DHCP lease for on the uplink (its lease file, or what it says), or
+# nothing: its addresses are static. The address's lifetime does not tell: networkd with
+# KeepConfiguration=yes makes a leased address permanent, and udhcpc's stock script adds it so too.
+manager_lease() {
+  case $MANAGER in
+    systemd-networkd) sed -n 's/^ADDRESS=//p' "/run/systemd/netif/leases/$(ip -o link show dev "$UPLINK" | cut -d: -f1)" 2>/dev/null || true ;;
+    NetworkManager) nmcli -f DHCP4 device show "$UPLINK" 2>/dev/null | awk '$NF != "" && / ip_address = / { print $NF; exit }' || true ;;
+    none) ;;
+    *) ip -4 -o address show dev "$UPLINK" scope global | awk '{ sub(/\/.*/, "", $4); print $4; exit }' ;;  # a DHCP client's
+  esac
+}
 # The manager lets go of the uplink, for the setup's life, without deconfiguring it.
 hand_over() {
   : >"$BRIDGE_STATE/handed"  # from here on, a give-back has something to undo
@@ -700,10 +712,10 @@ let_go() {
 }
 # The host's lease on the bridge, renewed by a udhcpc of ours with the manager's client id (started once
 # the manager has let go, so a release of the manager's own cannot cancel it). A manager that gave the
-# uplink a static address (no lease: no address with lifetimes) has nothing to renew.
+# uplink static addresses has no lease to renew.
 renew_on_bridge() {
-  local id address
-  address=$(first_lease_address)
+  local id address=""
+  [[ ! -s $BRIDGE_STATE/lease ]] || read -r address <"$BRIDGE_STATE/lease"
   if [[ -z $address ]]; then
     say "$UPLINK has no DHCP lease ($MANAGER gave it static addresses): nothing to renew on $BRIDGE"
     return 0
@@ -711,7 +723,7 @@ renew_on_bridge() {
   read -r id <"$BRIDGE_STATE/client-id" || id=""
   stop_renewer  # one at a time (a run again after a kill)
   printf '%s\n' udhcpc >"$BRIDGE_STATE/host.client"
-  dhcp_start udhcpc host "$BRIDGE" "${address%/*}" "$id"
+  dhcp_start udhcpc host "$BRIDGE" "$address" "$id"
   wait_for_host_lease udhcpc
 }
 wait_for_host_lease() {  # $1 client
@@ -904,6 +916,7 @@ if [[ ! -e $BRIDGE_STATE/manager ]]; then  # the first setup on this bridge: wha
   if [[ -n $MANAGER_PID ]]; then cp "/proc/$MANAGER_PID/cmdline" "$BRIDGE_STATE/manager.client"; fi
   if [[ $MANAGER == NetworkManager ]]; then nmcli -g GENERAL.CON-UUID device show "$UPLINK" >"$BRIDGE_STATE/manager.connection"; fi
   manager_client_id >"$BRIDGE_STATE/client-id"
+  manager_lease >"$BRIDGE_STATE/lease"
   printf '%s\n' "$UPLINK" >"$BRIDGE_STATE/uplink"
   printf '%s\n' "$BRIDGE_MADE" >"$BRIDGE_STATE/made"
   mv -f "$BRIDGE_STATE/carry.new" "$BRIDGE_STATE/carry"

@@ -360,10 +360,11 @@ restore_uplink() {
   [[ -z $(link_master "$UPLINK") ]] || PROBLEMS+=("$UPLINK is still a port of $BRIDGE: ip link set dev $UPLINK nomaster")
 }
 # What the uplink carried and lacks now, added; then what it still lacks is a problem. With a manager,
-# its leased addresses are its own to renew (an old lease's address is not put back).
+# its DHCP lease is its own to renew (an old lease's address is not put back).
 complete_uplink() {
-  local file=$BRIDGE_STATE/carry.lacking line
-  lacks "$BRIDGE_STATE/carry" "$UPLINK" | { if [[ $MANAGER == none ]]; then cat; else grep -v '^addr .* ends ' || true; fi; } >"$file"
+  local file=$BRIDGE_STATE/carry.lacking line lease
+  lease=$(leased_address)
+  lacks "$BRIDGE_STATE/carry" "$UPLINK" | { grep -v "^addr ${lease:-none}/" || true; } >"$file"
   [[ -s $file ]] || return 0
   carry "$file" "$UPLINK" "$UPLINK"
   apply_carry
@@ -420,8 +421,8 @@ running_as() {  # $1 a file with a command line (NUL-separated): sets PIDS to th
     [[ $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null) != "${argv[*]} " ]] || PIDS+=("${pid#/proc/}")
   done
 }
-first_lease_address() {  # the uplink's first address with lifetimes, as described (a DHCP lease's): A/LEN, or ""
-  awk '$1 == "addr" && $2 !~ /:/ && / ends / { print $2; exit }' "$BRIDGE_STATE/carry"
+leased_address() {  # the uplink's address its manager holds a DHCP lease for (step 2 saw it), or ""
+  [[ ! -s $BRIDGE_STATE/lease ]] || cat "$BRIDGE_STATE/lease"
 }
 # Undo the uplink's handover (also a half one), every part of it even when one fails: our renewer
 # goes (no release), the manager has the uplink back as it had it, and what it does not make itself
@@ -459,9 +460,9 @@ give_back_to_manager() {  # $1 what the manager still leaves alone (the bridge, 
           mapfile -d '' -t argv <"$BRIDGE_STATE/manager.client"
           (cd / && exec setsid "${argv[@]}" </dev/null >/dev/null 2>&1 9>&- &) || PROBLEMS+=("$MANAGER did not start again: ${argv[*]}")
         fi
-        address=$(first_lease_address)
+        address=$(leased_address)
         for ((w = 0; w < 300 && ${#address}; w++)); do  # up to 30 s: its lease on the uplink, before the rest is completed
-          [[ $(ip -o address show dev "$UPLINK") != *" $address "* ]] || break
+          [[ $(ip -o address show dev "$UPLINK") != *" $address/"* ]] || break
           sleep 0.1
         done
       fi ;;
