@@ -509,6 +509,16 @@ def lab_up(
     client_id: Annotated[
         str, typer.Option(help="With NetworkManager: its ipv4.dhcp-client-id (mac or duid). Default: its own.")
     ] = "",
+    host_by: Annotated[
+        str,
+        typer.Option(
+            help="How the LAN's DHCP server knows the host: mac, or client-id (01 and its MAC), so that clients "
+            "sharing its MAC (ipvlan's) are told apart."
+        ),
+    ] = "mac",
+    ignore_client_ids: Annotated[
+        bool, typer.Option(help="The LAN's DHCP server tells clients apart by MAC only (as some servers do).")
+    ] = False,
 ) -> None:
     """Bring up the lab: LAN namespace (dnsmasq, TCP sink, routers) and host namespace (uplink eth0), the host
     with a mount namespace of its own for its network manager.
@@ -517,7 +527,9 @@ def lab_up(
     """
     from multiip import lab
 
-    the_lab = lab.make_lab(name, port, leases, capacity, manager, cloud, mtu, server, critical, client_id)
+    the_lab = lab.make_lab(
+        name, port, leases, capacity, manager, cloud, mtu, server, critical, client_id, host_by, ignore_client_ids
+    )
     _need_root("lab up")
     _run(lab.up_script(the_lab), f"multiip: lab {name} up", f"`multiip lab down --name {name}` removes it")
 

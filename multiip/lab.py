@@ -45,6 +45,8 @@ class Lab:
     server: bool = False  # eth0 carries what real servers' uplinks do (ECMP, nexthop objects, labels, IPv6 lifetimes)
     critical: bool = False  # systemd-networkd: KeepConfiguration=yes (netplan's critical: true)
     client_id: str = ""  # NetworkManager: ipv4.dhcp-client-id (e.g. duid); empty: its default (01 and the MAC)
+    host_by: str = "mac"  # how the DHCP server knows the host: its MAC, or its client id (ipvlan's share the MAC)
+    ignore_client_ids: bool = False  # the DHCP server tells clients apart by MAC only (dnsmasq --dhcp-ignore-clid)
 
     @property
     def lan_ns(self) -> str:
@@ -61,6 +63,11 @@ class Lab:
     @property
     def lan_ip(self) -> ipaddress.IPv4Address:
         return NETWORK[1]
+
+    @property
+    def lan_dev(self) -> str:
+        """The LAN's interface: its end of the wire, or with ``cloud`` the bridge it is a port of (the filter)."""
+        return "lanbr" if self.cloud else "lan0"
 
     @property
     def second_router(self) -> ipaddress.IPv4Address:
@@ -127,6 +134,7 @@ class Lab:
 
 MANAGERS = ("static", "dhclient", "udhcpc", "dhcpcd", "NetworkManager", "systemd-networkd")
 CLIENT_IDS = ("", "mac", "duid")  # NetworkManager's ipv4.dhcp-client-id values the lab takes
+HOST_BY = ("mac", "client-id")  # how the lab's DHCP server knows its host (the address 198.18.0.2 is its)
 
 
 MAX_ASSIGNED = 200  # below the DHCP pool (from NETWORK[256]); clouds assign a few dozen per NIC at most
@@ -143,6 +151,8 @@ def make_lab(
     server: bool = False,
     critical: bool = False,
     client_id: str = "",
+    host_by: str = "mac",
+    ignore_client_ids: bool = False,
 ) -> Lab:
     options.name(name, "--name", max_len=10)
     if manager not in MANAGERS:
@@ -151,6 +161,8 @@ def make_lab(
         raise MultiipError("--critical is systemd-networkd's KeepConfiguration=yes: give --manager systemd-networkd")
     if client_id not in CLIENT_IDS or (client_id and manager != "NetworkManager"):
         raise MultiipError(f"--client-id {client_id!r}: mac or duid, with --manager NetworkManager")
+    if host_by not in HOST_BY:
+        raise MultiipError(f"--host-by {host_by!r}: choose one of {', '.join(HOST_BY)}")
     if not 1280 <= mtu <= 9000:
         raise MultiipError(f"--mtu {mtu}: give 1280..9000")
     if not 1 <= port <= 65535:
@@ -163,7 +175,7 @@ def make_lab(
         raise MultiipError(f"--cloud {cloud}: give 1..{MAX_ASSIGNED} assigned addresses (0: an ordinary LAN)")
     return Lab(
         name=name, port=port, leases=leases, capacity=capacity, manager=manager, cloud=cloud, mtu=mtu, server=server,
-        critical=critical, client_id=client_id,
+        critical=critical, client_id=client_id, host_by=host_by, ignore_client_ids=ignore_client_ids,
     )  # fmt: skip
 
 

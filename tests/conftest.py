@@ -19,8 +19,17 @@ REQUIRE_ROOT = os.environ.get("MULTIIP_REQUIRE_ROOT_TESTS") == "1"
 ROOT_TOOLS = ("ip", "nsenter", "dnsmasq", "udhcpc", "dhclient", "dhcpcd", "brctl", "shellcheck", "nft", "arping")
 
 
+IN_TEST_KERNEL = os.environ.get("MULTIIP_IN_TEST_KERNEL") == "1"  # tests/test_kernel.py runs pytest in one
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Root tests need root and the lab's tools; with MULTIIP_REQUIRE_ROOT_TESTS=1 (CI) a gap fails the run."""
+    """Root tests need root and the lab's tools; with MULTIIP_REQUIRE_ROOT_TESTS=1 (CI) a gap fails the run.
+    The test kernel's tests are deselected here (tests/test_kernel.py runs them inside it); in the test
+    kernel, only they and what they need run."""
+    chosen = [i for i in items if ("in_test_kernel" in i.keywords) == IN_TEST_KERNEL]
+    if len(chosen) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
+        items[:] = chosen
     missing = [t for t in ROOT_TOOLS if not shutil.which(t, path=os.environ["PATH"] + ":/usr/sbin:/sbin")]
     why = "needs root" if os.geteuid() != 0 else (f"needs {', '.join(missing)}" if missing else "")
     if not why:

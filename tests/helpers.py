@@ -193,7 +193,8 @@ def running_lab(check_down: bool = True, **settings: Any) -> Iterator[labmod.Lab
     happened; the same settings become `lab up`'s options, so the two cannot differ."""
     the_lab = labmod.make_lab(**settings)
     try:
-        flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in settings.items() if v is not False]
+        given = [(k.replace("_", "-"), v) for k, v in settings.items() if v is not False]
+        flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in given]
         multiip("lab", "up", *flags)
         yield the_lab
     except BaseException:

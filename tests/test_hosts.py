@@ -141,33 +141,6 @@ def test_a_wifi_uplink_is_refused_before_anything_changes(lab: labmod.Lab, prefi
     assert host_state(lab.host_ns, prefix) == before and not ours(prefix)
 
 
-def test_a_vlan_uplink_works(lab: labmod.Lab, prefix: str) -> None:
-    """eth0.100 as the uplink: a VLAN device is an Ethernet device and can be a bridge port."""
-    lan = ["link add link lan0 name lan0.100 type vlan id 100", "link set dev lan0.100 up",
-           "address add 198.19.200.1/24 dev lan0.100"]  # fmt: skip
-    host = ["link add link eth0 name eth0.100 type vlan id 100", "link set dev eth0.100 up",
-            "address add 198.19.200.2/24 dev eth0.100"]  # fmt: skip
-    made = sh("ip", "-batch", "-", input="\n".join(lan) + "\n", netns=lab.lan_ns, check=False)
-    if "Unknown device type" in made.stderr:
-        pytest.skip("this kernel cannot make VLAN devices (no 8021q module)")
-    assert made.returncode == 0, made.stderr
-    sh("ip", "-batch", "-", input="\n".join(host) + "\n", netns=lab.host_ns)
-    try:
-        before = uplink_state(lab.host_ns, "eth0.100")
-        multiip("run", "--prefix", prefix, "--count", "2", "--uplink", "eth0.100", "--bridge", f"{prefix}br",
-                "--dhcp", "none", "--address", "198.19.200.10/24", "--gateway", "198.19.200.1", "--yes",
-                netns=lab.host_ns)  # fmt: skip
-        for ns in ours(prefix):
-            assert reaches(ns, str(lab.lan_ip), lab.port)
-        bridge = ip_json("-4", "address", "show", "dev", f"{prefix}br", netns=lab.host_ns)[0]["addr_info"]
-        assert [a["local"] for a in bridge] == ["198.19.200.2"]
-        multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
-        assert uplink_state(lab.host_ns, "eth0.100") == before
-    finally:
-        sh("ip", "link", "del", "dev", "eth0.100", netns=lab.host_ns, check=False)
-        sh("ip", "link", "del", "dev", "lan0.100", netns=lab.lan_ns, check=False)
-
-
 def test_a_dhcpcd_that_hides_its_command_line_is_refused_with_what_to_do(prefix: str) -> None:
     """Debian's dhcpcd rewrites its command line ("dhcpcd: eth0 [ip4]"): it could not be started again as
     it ran, so there is no safe handover; refused before anything changes."""

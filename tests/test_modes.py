@@ -82,7 +82,7 @@ def test_ipvlan_shares_the_uplinks_mac_or_is_refused_with_the_reason(lab: labmod
         assert cp.returncode != 0
         assert "this kernel cannot make an ipvlan on eth0" in cp.stderr.splitlines()[-1]
         assert host_state(lab.host_ns, prefix) == before and not Path(f"/run/multiip/{prefix}").exists()
-        pytest.skip("this kernel cannot make ipvlan links (CONFIG_IPVLAN unset): refusal checked, setup not")
+        return  # the setup itself: tests/test_second_kernel.py, in a kernel that has ipvlan
     multiip(*args, netns=lab.host_ns)
     rows = json.loads(multiip("status", "--prefix", prefix, "--json").stdout)["namespaces"]
     eth0 = ip_json("link", "show", "dev", "eth0", netns=lab.host_ns)[0]["address"]
