@@ -134,6 +134,7 @@ cp -a "$io/dev/." /dev/ || die "links in /dev"
 echo "$io/bin/modprobe" >/proc/sys/kernel/modprobe  # the kernel's own module requests too
 echo "${UML_HOSTNAME:-uml}" >/proc/sys/kernel/hostname
 ip link set lo up
+ulimit -Hn 65536 && ulimit -n 65536  # for every command: a few processes hold many sockets (one CPU forks dearly)
 
 read -r up _ </proc/uptime
 read -r cpus </sys/devices/system/cpu/online  # a range: 0 is one CPU
