@@ -12,9 +12,16 @@ sys.path.insert(1, str(Path(__file__).parent.parent / "tests"))  # the tests' he
 import clients
 import million
 import modes
+import modes_kernel
 import scale
 
-BENCHMARKS = {"scale": scale.main, "modes": modes.main, "million": million.main, "clients": clients.main}
+BENCHMARKS = {
+    "scale": scale.main,
+    "modes": modes.main,
+    "modes-test-kernel": modes_kernel.main,
+    "million": million.main,
+    "clients": clients.main,
+}
 
 if __name__ == "__main__":
     if os.geteuid() != 0:

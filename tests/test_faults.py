@@ -35,9 +35,9 @@ def test_one_setup_or_teardown_at_a_time(prefix: str) -> None:
     --wait it queues and runs after."""
     with running_lab(name=prefix + "l", leases=2, capacity=100) as small:
         before = host_state(small.host_ns, prefix)
-        first = multiip_bg("run", "--prefix", prefix, "--count", "3", "--lease-timeout", "6", "--yes",
+        first = multiip_bg("run", "--prefix", prefix, "--count", "3", "--lease-timeout", "20", "--yes",
                            netns=small.host_ns)  # fmt: skip
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while len(ours(prefix)) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
         other = prefix + "x"
@@ -46,9 +46,9 @@ def test_one_setup_or_teardown_at_a_time(prefix: str) -> None:
         assert refused.returncode != 0
         assert "another multiip setup or teardown runs here (pid " in refused.stderr.splitlines()[-1]
         assert not ours(other)
-        queued = multiip("run", "--prefix", other, "--count", "1", *STATIC, "--wait", "30", "--yes",
+        queued = multiip("run", "--prefix", other, "--count", "1", *STATIC, "--wait", "120", "--yes",
                          netns=small.host_ns)  # fmt: skip
-        assert first.wait(timeout=30) != 0  # 2 leases for 3 namespaces
+        assert first.wait(timeout=120) != 0  # 2 leases for 3 namespaces
         assert len(ours(other)) == 1 and "ready: 1 namespaces" in queued.stderr
         multiip("down", "--prefix", other, "--yes", netns=small.host_ns)
         multiip("down", "--prefix", prefix, "--yes", netns=small.host_ns)
@@ -264,8 +264,8 @@ def test_a_setup_killed_at_any_point_is_undone_by_down_and_finished_by_a_rerun(
                 break
         proc.wait()
         if then == "run":
-            cp = multiip("run", *args, "--wait", "30", "--yes", netns=lab.host_ns)
+            cp = multiip("run", *args, "--wait", "120", "--yes", netns=lab.host_ns)
             assert "ready: 4 namespaces" in cp.stderr
             assert len(json.loads(multiip("status", "--prefix", prefix, "--json").stdout)["namespaces"]) == 4
-        multiip("down", "--prefix", prefix, "--wait", "30", "--yes", netns=lab.host_ns)
+        multiip("down", "--prefix", prefix, "--wait", "120", "--yes", netns=lab.host_ns)
         assert leftovers(prefix, lab.host_ns) == [] and host_state(lab.host_ns, prefix) == before, (point, then)

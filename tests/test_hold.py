@@ -54,7 +54,7 @@ def assert_nothing_held(lab: labmod.Lab, prefix: str) -> None:
     assert holdworkers() == []
     for ns in (f"{prefix}0", f"{prefix}1"):
         assert tcp_sockets(ns) == 0, sh("ss", "-tan", netns=ns).stdout[:500]
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while labmod.sink_stats(lab)["held"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert labmod.sink_stats(lab)["held"] == 0
@@ -92,11 +92,11 @@ def test_per_ip_is_honoured_and_the_sink_sees_each_ip(lab: labmod.Lab, two: str)
         text=True,
     )
     seen: dict[str, int] = {}
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and sum(seen.values()) < 3000:
         seen = labmod.sink_stats(lab)["peers"]
         time.sleep(0.1)
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     result = json.loads(out)
     assert result["established"] == result["target"] == 3000
@@ -112,12 +112,12 @@ def test_ctrl_c_leaves_no_worker_and_no_socket(lab: labmod.Lab, two: str) -> Non
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and labmod.sink_stats(lab)["held"] < 40000:
         time.sleep(0.1)
     assert holdworkers(), "no workers while holding"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert json.loads(out)["interrupted"] is True
     assert "Traceback" not in err
@@ -131,13 +131,13 @@ def test_a_dead_worker_stops_all(lab: labmod.Lab, two: str) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not labmod.sink_stats(lab)["held"]:
         time.sleep(0.05)
     workers = holdworkers()
     assert workers
     subprocess.run(["kill", "-KILL", workers[0]], check=True)  # that worker's exact pid
-    _, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert err.strip().splitlines()[-1].startswith("multiip: error: a worker in ")
     assert_nothing_held(lab, two)

@@ -109,7 +109,7 @@ def test_a_small_pool_gives_the_same_leases_after_a_crash(prefix: str) -> None:
     """30 addresses; 20 namespaces killed without a release, then set up again: 20 of 20 leases, the same ones
     (each namespace's MAC, so its DHCP identity, is derived from the uplink's MAC, the prefix and its index)."""
     with running_lab(name=prefix + "p", leases=30, capacity=100) as small:
-        args = ["run", "--prefix", prefix, "--count", "20", "--lease-timeout", "20", "--yes"]
+        args = ["run", "--prefix", prefix, "--count", "20", "--lease-timeout", "120", "--yes"]
         multiip(*args, netns=small.host_ns)
         first = json.loads(multiip("status", "--prefix", prefix, "--json").stdout)["namespaces"]
         for row in first:  # locally administered, unicast

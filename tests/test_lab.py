@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -289,12 +294,11 @@ def test_namespaces_without_a_lease_are_named(prefix: str) -> None:
     """A DHCP server with 2 leases and 3 namespaces: run fails, names the one without, and down cleans up."""
     with running_lab(name=prefix + "s", leases=2, capacity=100) as small:
         before = host_state(small.host_ns, prefix)
-        cp = multiip(
-            "run", "--prefix", prefix, "--count", "3", "--lease-timeout", "4", "--yes", netns=small.host_ns, check=False
-        )
+        args = ["run", "--prefix", prefix, "--count", "3", "--lease-timeout", "20", "--yes"]
+        cp = multiip(*args, netns=small.host_ns, check=False)
         assert cp.returncode != 0
         last = cp.stderr.strip().splitlines()[-1]
-        assert re.fullmatch(rf"multiip: error: no DHCP lease within 4s for 1 of 3 namespaces: {prefix}\d .*", last), (
+        assert re.fullmatch(rf"multiip: error: no DHCP lease within 20s for 1 of 3 namespaces: {prefix}\d .*", last), (
             last
         )
         multiip("down", "--prefix", prefix, "--yes", netns=small.host_ns)
@@ -384,26 +388,52 @@ def test_interrupted_setup_says_so_and_down_cleans_up(
     assert_clean(lab, prefix, before)
 
 
+def in_a_terminal(argv: list[str], answer: bool, limit: float = 120) -> str:
+    """argv on a pseudo terminal of its own (its controlling terminal: what --confirm asks on). When it asks,
+    Enter is pressed or not; returns all it wrote, once it has exited (bounded: ``limit`` seconds)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))  # fmt: skip
+    os.close(slave)
+    said, deadline = b"", time.monotonic() + limit
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                with contextlib.suppress(OSError):
+                    said += os.read(master, 65536)
+                if answer and b"Press Enter" in said:
+                    os.write(master, b"\n")
+                    answer = False
+        with contextlib.suppress(OSError):
+            while select.select([master], [], [], 0.2)[0] and (chunk := os.read(master, 65536)):
+                said += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.close(master)
+    return said.decode(errors="replace")
+
+
 def test_confirm_puts_the_uplink_back_without_an_answer_and_keeps_it_with_one(
     lab: labmod.Lab, prefix: str, tmp_path: Path
 ) -> None:
-    """--confirm, like netplan try: over a (pseudo) terminal, no Enter within the time reverts the move."""
+    """--confirm, like netplan try: on a (pseudo) terminal, no Enter within the time reverts the move; Enter
+    when it asks keeps it."""
     before = host_state(lab.host_ns, prefix)
     setup = render_to(tmp_path, "setup.sh", "--prefix", prefix, "--count", "2", "--dhcp", "none",
                       "--address", "198.18.230.1/16", "--confirm", "2")  # fmt: skip
-    in_pty = f"nsenter --net=/run/netns/{lab.host_ns} bash {setup}"
     no_tty = sh("bash", str(setup), netns=lab.host_ns, check=False, stdin=subprocess.DEVNULL, start_new_session=True)
     assert no_tty.returncode != 0 and "there is none" in no_tty.stderr and not ours(prefix)
 
-    silent = subprocess.run(f"(sleep 5) | script -qec '{in_pty}' /dev/null", shell=True, capture_output=True, text=True)
-    assert "not confirmed within 2 s: eth0 is back as it was" in silent.stdout, silent.stdout
+    silent = in_a_terminal([*within(lab.host_ns), "bash", str(setup)], answer=False)
+    assert "not confirmed within 2 s: eth0 is back as it was" in silent, silent
     uplink = [(n, a, p) for n, a, p, *_ in host_state(lab.host_ns, prefix)["addresses"]]
     assert ("eth0", str(lab.host_ip), lab.prefixlen) in uplink and not any(n == "br0" for n, _, _ in uplink)
     assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "eth0"
 
-    answered = subprocess.run(f"(sleep 1; echo) | script -qec '{in_pty}' /dev/null", shell=True,
-                              capture_output=True, text=True)  # fmt: skip
-    assert "ready: 2 namespaces" in answered.stdout, answered.stdout
+    answered = in_a_terminal([*within(lab.host_ns), "bash", str(setup)], answer=True)
+    assert "ready: 2 namespaces" in answered, answered
     assert ip_json("-4", "route", "show", "default", netns=lab.host_ns)[0]["dev"] == "br0"
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
     assert_clean(lab, prefix, before)
@@ -429,7 +459,7 @@ def test_the_server_sees_every_release_at_scale(lab: labmod.Lab, prefix: str, tm
     """200 releases at once overflowed dnsmasq's socket buffer; down paces them so none is lost, and
     says how far it is."""
     before = host_state(lab.host_ns, prefix)
-    multiip("run", "--prefix", prefix, "--count", "200", "--yes", netns=lab.host_ns)
+    multiip("run", "--prefix", prefix, "--count", "200", "--lease-timeout", "120", "--yes", netns=lab.host_ns)
     released = releases(lab)
     teardown = sh("bash", str(render_to(tmp_path, "teardown.sh", "--teardown", "--prefix", prefix)), netns=lab.host_ns)
     assert re.findall(r"progress released (\d+)/200", teardown.stderr) == ["50", "100", "150", "200", "200"]
