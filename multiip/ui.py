@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -196,3 +197,94 @@ def headline(result: dict[str, Any]) -> str:
         f"multiip: {est:,} connections held to {result['server']} from {len(result['namespaces'])} source IPs "
         f"on one host{ramp}: {est / 64512:.1f}x the 64,512 one IP can open"
     )
+
+
+PORTS_WARN = 90  # percent of a port range in use past which top shows it in red
+
+
+def ports_used(in_use: int, ports: int) -> tuple[str, bool]:
+    """ "61,200 / 64,512 (95%)" and whether it is past PORTS_WARN; 100% only when every port is in use."""
+    pct = 100.0 * in_use / ports if ports else 0.0
+    shown = pct if in_use >= ports else min(pct, 99.0)
+    return f"{in_use:,} / {ports:,} ({shown:.0f}%)", pct > PORTS_WARN
+
+
+def _top_cells(r: dict[str, Any]) -> list[str]:
+    mark = "~" if r.get("estimated") else ""
+    text, hot = ports_used(r["ports_in_use"], r["ports"])
+    return [
+        f"{mark}{r['established']:,}",
+        f"{mark}{r['syn_sent']:,}",
+        f"{mark}{r['time_wait']:,}",
+        f"{mark}{r['closing']:,}",
+        f"[bold red]{text}[/bold red]" if hot else text,
+    ]
+
+
+def top_table(snap: dict[str, Any], max_rows: int | None = None) -> Table:
+    """multiip top's table: a row per source IP and the totals; past ``max_rows`` only the fullest rows."""
+    rows = snap["namespaces"]
+    shown = rows
+    if max_rows is not None and len(rows) > max_rows:
+        fullest = sorted(rows, key=lambda r: r["ports_in_use"] / (r["ports"] or 1), reverse=True)[: max(max_rows, 1)]
+        chosen = {id(r) for r in fullest}
+        shown = [r for r in rows if id(r) in chosen]
+    title = (
+        f"multiip top · prefix {snap['prefix']} · {snap['mode']} · {snap['time'][11:19]} UTC · "
+        f"sampled in {snap['sample_seconds'] * 1000:,.0f} ms"
+    )
+    table = Table(title=title, title_justify="left", show_footer=True)
+    first = "label" if snap["mode"] == "alias" else "namespace"
+    total = snap["total"]
+    estimated = any(r.get("estimated") for r in rows)
+    footer = [f"total ({len(rows)})", "", *_top_cells({**total, "estimated": estimated})]
+    columns = (first, "IP", "established", "connecting", "time-wait", "closing", "ports in use")
+    for col, foot in zip(columns, footer, strict=True):
+        table.add_column(col, footer=foot, no_wrap=True, justify="left" if col in (first, "IP") else "right")
+    for r in shown:
+        table.add_row(escape(r["name"]), r["ip"] or "[red]none[/red]", *_top_cells(r))
+    if len(shown) < len(rows):
+        table.add_row(f"… {len(rows) - len(shown)} more", "", "", "", "", "", "")
+    if estimated:
+        table.caption = "~: split by state from an earlier dump (dumps are rationed; the sums are exact)"
+    return table
+
+
+def top_line(snap: dict[str, Any]) -> str:
+    """One compact line of a refresh, for logs and pipes."""
+    t = snap["total"]
+    text, _ = ports_used(t["ports_in_use"], t["ports"])
+    line = (
+        f"{snap['time']} {snap['prefix']}: {len(snap['namespaces'])} IPs, established {t['established']:,}, "
+        f"connecting {t['syn_sent']:,}, time-wait {t['time_wait']:,}, closing {t['closing']:,}, ports {text}"
+    )
+    rows = snap["namespaces"]
+    if rows:
+        top = max(rows, key=lambda r: r["ports_in_use"] / (r["ports"] or 1))
+        fullest, hot_one = ports_used(top["ports_in_use"], top["ports"])
+        line += f"; fullest {top['name']} {top['ip'] or '-'} {fullest}" + (" PORTS NEARLY EXHAUSTED" if hot_one else "")
+    else:
+        line += "; no namespace (yet)"
+    return line
+
+
+class TopView:
+    """Shows each refresh of multiip top: the table redrawn in place on a terminal, a line elsewhere."""
+
+    def __init__(self) -> None:
+        self.live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+
+    def __enter__(self) -> TopView:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        if self.live is not None:
+            self.live.__exit__(kind, value, tb)
+
+    def __call__(self, snap: dict[str, Any]) -> None:
+        if self.live is None:
+            console.print(top_line(snap), markup=False, soft_wrap=True)
+        else:
+            self.live.update(top_table(snap, max(console.height - 10, 1)), refresh=True)

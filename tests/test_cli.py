@@ -121,7 +121,8 @@ def test_version() -> None:
 
 
 def test_every_command_has_an_example_in_its_help() -> None:
-    for command in (["render"], ["run"], ["down"], ["status"], ["hold"], ["exec"], ["addrs"], ["demo"], ["doctor"],
+    for command in (["render"], ["run"], ["down"], ["status"], ["top"], ["hold"], ["exec"], ["addrs"], ["demo"],
+                    ["doctor"],
                     ["lab", "up"], ["lab", "down"], ["lab", "exec"], ["lab", "status"]):  # fmt: skip
         help_text = multiip(*command, "--help").stdout
         assert "Example: " in help_text and "multiip " in help_text.split("Example: ")[1], command

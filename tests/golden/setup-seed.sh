@@ -484,10 +484,13 @@ restore_uplink() {
   [[ -z $(link_master "$UPLINK") ]] || PROBLEMS+=("$UPLINK is still a port of $BRIDGE: ip link set dev $UPLINK nomaster")
 }
 # What the uplink carried and lacks now, added; then what it still lacks is a problem. With a manager,
-# its DHCP lease is its own to renew (an old lease's address is not put back).
+# its DHCP lease is its own to renew: an old lease's address is not put back (only, when the manager has
+# it again, what the manager's own reconfiguring lost of it: networkd 252 with KeepConfiguration=yes
+# drops the prefix route's metric of the address it takes back).
 complete_uplink() {
   local file=$BRIDGE_STATE/carry.lacking line lease
   lease=$(leased_address)
+  [[ $(ip -4 -o address show dev "$UPLINK") != *" $lease/"* ]] || lease=""
   lacks "$BRIDGE_STATE/carry" "$UPLINK" | { grep -v "^addr ${lease:-none}/" || true; } >"$file"
   [[ -s $file ]] || return 0
   carry "$file" "$UPLINK" "$UPLINK"
@@ -994,6 +997,7 @@ step 5/6 "move $UPLINK into $BRIDGE (everything it carries moves to the bridge)"
 if [[ ! -e $BRIDGE_STATE/moved || $(link_master "$UPLINK") != "$BRIDGE" ]]; then
   if [[ $(link_master "$UPLINK") == "$BRIDGE" ]]; then
     say "$UPLINK is in $BRIDGE but its move did not finish: putting it back first"
+    let_go  # a manager that still had it would reconfigure it meanwhile, out of the bridge too
     restore_uplink
   fi
   ROLLBACK=put_back  # if anything here fails, the uplink goes back as it was before the script gives up

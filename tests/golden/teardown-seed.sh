@@ -360,10 +360,13 @@ restore_uplink() {
   [[ -z $(link_master "$UPLINK") ]] || PROBLEMS+=("$UPLINK is still a port of $BRIDGE: ip link set dev $UPLINK nomaster")
 }
 # What the uplink carried and lacks now, added; then what it still lacks is a problem. With a manager,
-# its DHCP lease is its own to renew (an old lease's address is not put back).
+# its DHCP lease is its own to renew: an old lease's address is not put back (only, when the manager has
+# it again, what the manager's own reconfiguring lost of it: networkd 252 with KeepConfiguration=yes
+# drops the prefix route's metric of the address it takes back).
 complete_uplink() {
   local file=$BRIDGE_STATE/carry.lacking line lease
   lease=$(leased_address)
+  [[ $(ip -4 -o address show dev "$UPLINK") != *" $lease/"* ]] || lease=""
   lacks "$BRIDGE_STATE/carry" "$UPLINK" | { grep -v "^addr ${lease:-none}/" || true; } >"$file"
   [[ -s $file ]] || return 0
   carry "$file" "$UPLINK" "$UPLINK"
