@@ -96,11 +96,14 @@ def render_cmd(
     bridge: options.Bridge = D.bridge,
     uplink: options.Uplink = D.uplink,
     dhcp: options.DhcpOption = D.dhcp,
+    family: options.FamilyOption = D.family,
     address: options.Address = None,
     addresses: options.Addresses = None,
     gateway: options.Gateway = None,
     port_range: options.PortRange = None,
     off_subnet: options.OffSubnet = D.off_subnet,
+    local_route: options.LocalRoute = D.local_route,
+    dhcp6: options.Dhcp6 = D.dhcp6,
     bridge_tool: options.BridgeToolOption = D.bridge_tool,
     host_dhcp: options.HostDhcp = D.host_dhcp,
     lease_timeout: options.LeaseTimeout = D.lease_timeout,
@@ -129,10 +132,10 @@ def render_cmd(
         return
     plan = plan_of(
         options.setup(
-            count=count, mode=mode, prefix=prefix, bridge=bridge, uplink=uplink, dhcp=dhcp, address=address,
-            addresses=addresses, gateway=gateway, port_range=port_range, off_subnet=off_subnet,
-            bridge_tool=bridge_tool, host_dhcp=host_dhcp, lease_timeout=lease_timeout, tune_host=tune_host,
-            confirm=confirm,
+            count=count, mode=mode, prefix=prefix, bridge=bridge, uplink=uplink, dhcp=dhcp, family=family,
+            address=address, addresses=addresses, gateway=gateway, port_range=port_range, off_subnet=off_subnet,
+            local_route=local_route, dhcp6=dhcp6, bridge_tool=bridge_tool, host_dhcp=host_dhcp,
+            lease_timeout=lease_timeout, tune_host=tune_host, confirm=confirm,
         )
     )  # fmt: skip
     if systemd is None:
@@ -157,11 +160,14 @@ def run(
     bridge: options.Bridge = D.bridge,
     uplink: options.Uplink = D.uplink,
     dhcp: options.DhcpOption = D.dhcp,
+    family: options.FamilyOption = D.family,
     address: options.Address = None,
     addresses: options.Addresses = None,
     gateway: options.Gateway = None,
     port_range: options.PortRange = None,
     off_subnet: options.OffSubnet = D.off_subnet,
+    local_route: options.LocalRoute = D.local_route,
+    dhcp6: options.Dhcp6 = D.dhcp6,
     bridge_tool: options.BridgeToolOption = D.bridge_tool,
     host_dhcp: options.HostDhcp = D.host_dhcp,
     lease_timeout: options.LeaseTimeout = D.lease_timeout,
@@ -180,10 +186,10 @@ def run(
 
     plan = plan_of(
         options.setup(
-            count=count, mode=mode, prefix=prefix, bridge=bridge, uplink=uplink, dhcp=dhcp, address=address,
-            addresses=addresses, gateway=gateway, port_range=port_range, off_subnet=off_subnet,
-            bridge_tool=bridge_tool, host_dhcp=host_dhcp, lease_timeout=lease_timeout, tune_host=tune_host,
-            confirm=confirm,
+            count=count, mode=mode, prefix=prefix, bridge=bridge, uplink=uplink, dhcp=dhcp, family=family,
+            address=address, addresses=addresses, gateway=gateway, port_range=port_range, off_subnet=off_subnet,
+            local_route=local_route, dhcp6=dhcp6, bridge_tool=bridge_tool, host_dhcp=host_dhcp,
+            lease_timeout=lease_timeout, tune_host=tune_host, confirm=confirm,
         )
     )  # fmt: skip
     script = render.setup_script(plan)
@@ -383,7 +389,7 @@ def hold_cmd(
     target = make_target(prefix)
     where = hold.parse_server(server)
     options.hold_limits(per_ip, duration, rate)
-    shares = hold.plan_shares(target, per_ip)
+    shares = hold.plan_shares(target, per_ip, where.host.version)
     result = ui.with_hold_progress(
         hold.preflight(shares), sum(s.count for s in shares), lambda p: hold.hold(shares, where, duration, rate, p)
     )
@@ -402,6 +408,10 @@ def addrs(
         options.AddressFormat,
         typer.Option("--format", help="plain: one per line; json; k6: comma-separated (--local-ips); args: tcpkali's."),
     ] = options.AddressFormat.plain,
+    family: Annotated[
+        str | None,
+        typer.Option("--family", metavar="4|6", help="Which addresses. Default: IPv4 where the setup has it."),
+    ] = None,
 ) -> None:
     """Print the setup's source addresses, for load tools that bind them themselves.
 
@@ -410,8 +420,11 @@ def addrs(
     from multiip import state
     from multiip.plan import make_target
 
-    rows = state.addressed(make_target(prefix))
-    ips = [(r.ipv4 or "").split("/")[0] for r in rows]
+    if family not in (None, "4", "6"):
+        raise MultiipError(f"--family {family}: 4 or 6")
+    rows = state.addressed(make_target(prefix), int(family) if family else None)
+    version = int(family) if family else (4 if rows[0].ipv4 else 6)
+    ips = [(r.source(version) or "").split("/")[0] for r in rows]
     if fmt is options.AddressFormat.json:
         print(json.dumps([{"namespace": r.name, "ip": ip} for r, ip in zip(rows, ips, strict=True)], indent=2))
     elif fmt is options.AddressFormat.k6:
@@ -439,8 +452,8 @@ def exec_cmd(
     ] = None,
     json_out: Json = False,
 ) -> None:
-    """Run a command in one namespace or in all of them, in parallel, with {ns}, {ip} and {index} replaced
-    in its arguments (and MULTIIP_NS, MULTIIP_IP, MULTIIP_INDEX in its environment).
+    """Run a command in one namespace or in all of them, in parallel, with {ns}, {ip}, {ip6} and {index}
+    replaced in its arguments (and MULTIIP_NS, MULTIIP_IP, MULTIIP_IP6, MULTIIP_INDEX in its environment).
 
     Example: sudo multiip exec --all -- wrk -c 19000 -d 60s http://10.0.0.5/
     """
@@ -473,7 +486,9 @@ def exec_cmd(
             f"exec: setup {prefix} is --mode alias: its addresses are on the host, with no namespaces; run "
             f"the tool on the host with them: multiip addrs --prefix {prefix} --format k6|args|json"
         )
-    targets = [fanout.Target(r.name, (r.ipv4 or "").split("/")[0], i) for i, r in enumerate(rows)]
+    targets = [
+        fanout.Target(r.name, (r.ipv4 or "").split("/")[0], i, (r.ipv6 or "").split("/")[0]) for i, r in enumerate(rows)
+    ]
     if chosen is not None:
         targets = [t for t in targets if t.namespace == chosen]
         if not targets:
@@ -561,6 +576,13 @@ def lab_up(
     ignore_client_ids: Annotated[
         bool, typer.Option(help="The LAN's DHCP server tells clients apart by MAC only (as some servers do).")
     ] = False,
+    ipv6: Annotated[
+        str,
+        typer.Option(
+            help="The LAN's IPv6 for its hosts: none (the host's static address only), slaac (router advertisements "
+            "of 2001:db8:100::/64 for SLAAC) or dhcpv6 (advertisements saying: addresses by DHCPv6, from dnsmasq)."
+        ),
+    ] = "none",
 ) -> None:
     """Bring up the lab: LAN namespace (dnsmasq, TCP sink, routers) and host namespace (uplink eth0), the host
     with a mount namespace of its own for its network manager.
@@ -570,7 +592,7 @@ def lab_up(
     from multiip import lab
 
     the_lab = lab.make_lab(
-        name, port, leases, capacity, manager, cloud, mtu, server, critical, client_id, host_by, ignore_client_ids
+        name, port, leases, capacity, manager, cloud, mtu, server, critical, client_id, host_by, ignore_client_ids, ipv6
     )
     _need_root("lab up")
     _run(lab.up_script(the_lab), f"multiip: lab {name} up", f"`multiip lab down --name {name}` removes it")

@@ -1,10 +1,11 @@
 """``multiip exec``: one command in each namespace of a setup, in parallel, its output line by line.
 
-Each run gets ``{ns}``, ``{ip}`` and ``{index}`` replaced in its arguments and ``MULTIIP_NS``,
-``MULTIIP_IP``, ``MULTIIP_INDEX`` in its environment, the open-file soft limit raised to the hard one and
-the namespace's own resolver file. Runs start in their own sessions; a run is over when its command
-exits (whether or not something of it still holds its output), and then whatever it left in its session
-goes. ``exec`` is the subreaper of everything it starts, so a process that left its session (setsid) is
+Each run gets ``{ns}``, ``{ip}``, ``{ip6}`` and ``{index}`` replaced in its arguments and
+``MULTIIP_NS``, ``MULTIIP_IP``, ``MULTIIP_IP6``, ``MULTIIP_INDEX`` in its environment, the open-file
+soft limit raised to the hard one and the namespace's own resolver file. Runs start in their own sessions;
+a run is over when its command exits (whether or not something of it still holds its output), and then
+whatever it left in its session goes. ``exec`` is the subreaper of everything it starts, so a process that
+left its session (setsid) is
 stopped too when ``exec`` ends, by Ctrl-C, an error or the end: no process outlives the command.
 """
 
@@ -31,6 +32,7 @@ class Target:
     namespace: str
     ip: str
     index: int
+    ip6: str = ""  # its IPv6 address, if it has one
 
 
 @dataclass
@@ -46,8 +48,8 @@ class Run:
 
 
 def argv_for(command: Sequence[str], target: Target) -> list[str]:
-    """The command with {ns}, {ip} and {index} replaced in each argument."""
-    values = {"{ns}": target.namespace, "{ip}": target.ip, "{index}": str(target.index)}
+    """The command with {ns}, {ip}, {ip6} and {index} replaced in each argument."""
+    values = {"{ns}": target.namespace, "{ip6}": target.ip6, "{ip}": target.ip, "{index}": str(target.index)}
     out = []
     for arg in command:
         for key, value in values.items():
@@ -92,7 +94,8 @@ def fan_out(
         while waiting or running:
             while waiting and len(running) < parallel:
                 target = waiting.pop(0)
-                env = {"MULTIIP_NS": target.namespace, "MULTIIP_IP": target.ip, "MULTIIP_INDEX": str(target.index)}
+                env = {"MULTIIP_NS": target.namespace, "MULTIIP_IP": target.ip, "MULTIIP_IP6": target.ip6,
+                       "MULTIIP_INDEX": str(target.index)}  # fmt: skip
                 argv = execute.in_netns_with_resolver(target.namespace, argv_for(command, target))
                 proc = execute.spawn(argv, cwd=cwd, env=env, stderr=subprocess.STDOUT)
                 run = Run(target, proc, time.monotonic())

@@ -7,7 +7,6 @@ them; a worker that dies or reports a fatal error stops the whole run.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import os
@@ -34,11 +33,11 @@ FD_MARGIN = 64  # files a worker keeps for itself (python, pipes, epoll)
 
 @dataclass(frozen=True)
 class Server:
-    host: ipaddress.IPv4Address
+    host: options.IP
     port: int
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}" if self.host.version == 6 else f"{self.host}:{self.port}"
 
 
 def parse_server(text: str) -> Server:
@@ -145,8 +144,9 @@ def _take(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
     return out
 
 
-def plan_shares(target: Target, per_ip: int | None) -> list[Share]:
-    rows = state.addressed(target)
+def plan_shares(target: Target, per_ip: int | None, family: int = 4) -> list[Share]:
+    """Each address's share of the ports, of the family of the server (4 or 6)."""
+    rows = state.addressed(target, family)
     per_worker = fd_limit() - FD_MARGIN
     in_use = host_ports_in_use() if rows and rows[0].host else []
     shares = []
@@ -155,16 +155,17 @@ def plan_shares(target: Target, per_ip: int | None) -> list[Share]:
         have = size(usable)
         if have == 0:
             raise MultiipError(
-                f"{r.ipv4}: the host's port range {r.port_range} covers every port, and hold binding any of them on "
-                "an added address would leave the host none for its own connections; set the setup up again "
-                "without --port-range, or narrow net.ipv4.ip_local_port_range"
+                f"{r.source(family)}: the host's port range {r.port_range} covers every port, and hold binding any "
+                "of them on an added address would leave the host none for its own connections; set the setup up "
+                "again without --port-range, or narrow net.ipv4.ip_local_port_range"
             )
         n = have if per_ip is None else per_ip
         if n > have:
             where = "ports outside the host's own range" if r.host else "ports in its range"
-            raise MultiipError(f"--per-ip {n}: {r.name}'s {r.ipv4} has {have} {where} ({r.port_range})")
-        assert r.ipv4 is not None
-        share = Share(r.name, r.ipv4.split("/")[0], _take(usable, n), have, r.host, spared=in_use)
+            raise MultiipError(f"--per-ip {n}: {r.name}'s {r.source(family)} has {have} {where} ({r.port_range})")
+        address = r.source(family)
+        assert address is not None
+        share = Share(r.name, address.split("/")[0], _take(usable, n), have, r.host, spared=in_use)
         share.workers = split(share.ranges, math.ceil(share.count / per_worker))
         shares.append(share)
     return shares

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     raise_fd_limit()
 
+    family = socket.AF_INET6 if ":" in args.src else socket.AF_INET
     server = (args.host, args.port)
     ep = select.epoll()
     pending: dict[int, tuple[socket.socket, float]] = {}
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             allowed = int((now - start) * args.rate) - started
             budget = min(budget, allowed)
         while budget > 0 and started < len(ports):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
             # SO_REUSEADDR: a service that binds the port on any address later (with SO_REUSEADDR, as servers

@@ -47,6 +47,7 @@ class Lab:
     client_id: str = ""  # NetworkManager: ipv4.dhcp-client-id (e.g. duid); empty: its default (01 and the MAC)
     host_by: str = "mac"  # how the DHCP server knows the host: its MAC, or its client id (ipvlan's share the MAC)
     ignore_client_ids: bool = False  # the DHCP server tells clients apart by MAC only (dnsmasq --dhcp-ignore-clid)
+    ipv6: str = "none"  # the LAN's IPv6 for hosts (IPV6): router advertisements for SLAAC, or for DHCPv6
 
     @property
     def lan_ns(self) -> str:
@@ -96,6 +97,19 @@ class Lab:
         return ipaddress.IPv6Address("2001:db8:100::2")
 
     @property
+    def lan_net6(self) -> ipaddress.IPv6Network:
+        """The LAN's IPv6 subnet: advertised with --ipv6 slaac|dhcpv6."""
+        return ipaddress.IPv6Network(f"{self.lan_ip6}/64", strict=False)
+
+    @property
+    def dhcp6_first(self) -> ipaddress.IPv6Address:
+        return self.lan_net6[0x10000]
+
+    @property
+    def dhcp6_last(self) -> ipaddress.IPv6Address:
+        return self.lan_net6[0x1FFFF]
+
+    @property
     def prefixlen(self) -> int:
         return NETWORK.prefixlen
 
@@ -135,6 +149,7 @@ class Lab:
 MANAGERS = ("static", "dhclient", "udhcpc", "dhcpcd", "NetworkManager", "systemd-networkd")
 CLIENT_IDS = ("", "mac", "duid")  # NetworkManager's ipv4.dhcp-client-id values the lab takes
 HOST_BY = ("mac", "client-id")  # how the lab's DHCP server knows its host (the address 198.18.0.2 is its)
+IPV6 = ("none", "slaac", "dhcpv6")  # the LAN's router advertisements: none, a prefix for SLAAC, "ask DHCPv6"
 
 
 MAX_ASSIGNED = 200  # below the DHCP pool (from NETWORK[256]); clouds assign a few dozen per NIC at most
@@ -153,6 +168,7 @@ def make_lab(
     client_id: str = "",
     host_by: str = "mac",
     ignore_client_ids: bool = False,
+    ipv6: str = "none",
 ) -> Lab:
     options.name(name, "--name", max_len=10)
     if manager not in MANAGERS:
@@ -163,6 +179,10 @@ def make_lab(
         raise MultiipError(f"--client-id {client_id!r}: mac or duid, with --manager NetworkManager")
     if host_by not in HOST_BY:
         raise MultiipError(f"--host-by {host_by!r}: choose one of {', '.join(HOST_BY)}")
+    if ipv6 not in IPV6:
+        raise MultiipError(f"--ipv6 {ipv6!r}: choose one of {', '.join(IPV6)}")
+    if ipv6 != "none" and cloud:
+        raise MultiipError("--ipv6 is for an ordinary LAN's router: not with --cloud")
     if not 1280 <= mtu <= 9000:
         raise MultiipError(f"--mtu {mtu}: give 1280..9000")
     if not 1 <= port <= 65535:
@@ -175,7 +195,7 @@ def make_lab(
         raise MultiipError(f"--cloud {cloud}: give 1..{MAX_ASSIGNED} assigned addresses (0: an ordinary LAN)")
     return Lab(
         name=name, port=port, leases=leases, capacity=capacity, manager=manager, cloud=cloud, mtu=mtu, server=server,
-        critical=critical, client_id=client_id, host_by=host_by, ignore_client_ids=ignore_client_ids,
+        critical=critical, client_id=client_id, host_by=host_by, ignore_client_ids=ignore_client_ids, ipv6=ipv6,
     )  # fmt: skip
 
 

@@ -58,7 +58,17 @@ class AddressFormat(StrEnum):
     args = "args"  # --source-ip A --source-ip B ..., for tcpkali
 
 
-Listed = ipaddress.IPv4Interface | ipaddress.IPv4Address  # an --addresses entry: with or without its /LEN
+class Family(StrEnum):
+    auto = "auto"  # what the LAN offers: IPv6 too where the uplink has it from router advertisements
+    v4 = "4"
+    v6 = "6"
+    dual = "dual"
+
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+Iface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Block = ipaddress.IPv4Network | ipaddress.IPv6Network
+Listed = Iface | IP | Block  # an --addresses entry: A, A/LEN, or a block (PREFIX/LEN, no host bits: its addresses)
 
 
 @dataclass(frozen=True)
@@ -72,11 +82,14 @@ class Setup:
     count: int = 20
     mode: Mode = Mode.bridge
     dhcp: Dhcp = Dhcp.auto
-    address: ipaddress.IPv4Interface | None = None
+    family: Family = Family.auto
+    address: Iface | None = None
     addresses: tuple[Listed, ...] = ()
-    gateway: ipaddress.IPv4Address | None = None
+    gateway: IP | None = None
     port_range: tuple[int, int] | None = None  # None: 1024-65535 in namespaces; with --mode alias, the host's left
     off_subnet: bool = False
+    local_route: bool = False  # --mode alias, a block: one local route for it instead of its addresses
+    dhcp6: bool = False  # a DHCPv6 client per namespace too (where the LAN hands out addresses by DHCPv6)
     bridge_tool: BridgeTool = BridgeTool.ip
     host_dhcp: bool = False
     lease_timeout: int = 30
@@ -143,15 +156,17 @@ DhcpOption = Annotated[
     ),
 ]
 Address = Annotated[
-    str | None, typer.Option(help="Static addresses: namespace i gets ADDRESS + i, e.g. 198.18.1.10/15.")
+    str | None,
+    typer.Option(help="Static addresses: namespace i gets ADDRESS + i, e.g. 198.18.1.10/16 or 2001:db8::10/64."),
 ]
 Addresses = Annotated[
     str | None,
     typer.Option(
         metavar="LIST|@FILE",
         help="Static addresses: exactly these, one per namespace (or on the uplink with --mode alias), e.g. the "
-        "secondary IPs a cloud assigned: A,B,C or @FILE (one per line). Without /LEN an address takes the prefix "
-        "length of the uplink's subnet that holds it. Sets --count.",
+        "secondary IPs a cloud assigned: A,B,C or @FILE (one per line), IPv4 or IPv6. Without /LEN an address takes "
+        "the prefix length of the uplink's subnet that holds it. A block (PREFIX/LEN, no host bits: a delegated "
+        "prefix, an alias range) gives its addresses: all of an IPv4 one, --count of an IPv6 one. Sets --count.",
     ),
 ]
 Gateway = Annotated[
@@ -164,6 +179,26 @@ PortRange = Annotated[
         help="ip_local_port_range set inside every namespace (default 1024-65535). With --mode alias it is the "
         "host's own: changed only when given, and down restores it.",
     ),
+]
+FamilyOption = Annotated[
+    Family,
+    typer.Option(
+        "--family",
+        help="The namespaces' addresses: 4, 6 (SLAAC from the LAN's router advertisements; with --dhcp6, DHCPv6 "
+        "too), dual, or auto: what the LAN offers (IPv6 too where the uplink has it from router advertisements). "
+        "Static addresses give their own.",
+    ),
+]
+LocalRoute = Annotated[
+    bool,
+    typer.Option(
+        help="With --mode alias and --addresses BLOCK (a prefix routed to this host, e.g. AWS prefix delegation, "
+        "GCP alias ranges): one local route for the whole block (ip route add local BLOCK dev lo), so a tool may "
+        "bind any address of it, instead of an address each."
+    ),
+]
+Dhcp6 = Annotated[
+    bool, typer.Option(help="A DHCPv6 client per namespace too, with a stable DUID each (the LAN's DHCPv6 server).")
 ]
 OffSubnet = Annotated[
     bool,
@@ -260,11 +295,14 @@ def port_range(value: str) -> tuple[int, int]:
     return lo, hi
 
 
-def interface_address(value: str) -> ipaddress.IPv4Interface:
+def interface_address(value: str) -> Iface:
+    """--address A/LEN: the first of the namespaces' addresses (IPv4 or IPv6)."""
     try:
-        iface = ipaddress.IPv4Interface(value)
+        iface = ipaddress.ip_interface(value)
     except ValueError:
-        raise MultiipError(f"--address {value!r}: write an IPv4 address with prefix, e.g. 198.18.1.10/15") from None
+        raise MultiipError(
+            f"--address {value!r}: write an address with its prefix length, e.g. 198.18.1.10/16 or 2001:db8::10/64"
+        ) from None
     if "/" not in value:
         raise MultiipError(f"--address {value!r}: give the prefix length too, e.g. {value}/24")
     if iface.network.prefixlen == 0:
@@ -278,25 +316,38 @@ _SPECIAL = {
     "127.0.0.0/8": "loopback (127/8)",
     "224.0.0.0/4": "multicast (224/4)",
     "240.0.0.0/4": "reserved (240/4)",
+    "::/128": "the unspecified (::)",
+    "::1/128": "loopback (::1)",
+    "fe80::/10": "link-local (fe80::/10)",
+    "ff00::/8": "multicast (ff00::/8)",
 }
 
 
-def unusable(ip: ipaddress.IPv4Address, option: str) -> None:
-    """Refuse an address no host on a LAN can have."""
+def unusable(ip: IP, option: str) -> None:
+    """Refuse an address no host on a LAN can have (as its source address beyond the link)."""
     for net, what in _SPECIAL.items():
-        if ip in ipaddress.IPv4Network(net):
+        block = ipaddress.ip_network(net)
+        if block.version == ip.version and ip in block:
             raise MultiipError(f"{option} {ip}: {what} addresses cannot be a host's on a LAN")
 
 
-def ipv4(value: str, option: str) -> ipaddress.IPv4Address:
+def ip_address(value: str, option: str) -> IP:
     try:
-        return ipaddress.IPv4Address(value)
+        return ipaddress.ip_address(value)
     except ValueError:
-        raise MultiipError(f"{option} {value!r}: not an IPv4 address") from None
+        raise MultiipError(f"{option} {value!r}: not an IP address") from None
+
+
+def listed_ip(a: Listed) -> IP:
+    """An --addresses entry's (first) address."""
+    if isinstance(a, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return a.network_address
+    return a.ip if isinstance(a, ipaddress.IPv4Interface | ipaddress.IPv6Interface) else a
 
 
 def address_list(value: str, read: Callable[[str], str]) -> tuple[Listed, ...]:
-    """--addresses A,B,C or @FILE (one per line, # comments): each an IPv4 address, with or without /LEN."""
+    """--addresses A,B,C or @FILE (one per line, # comments): addresses with or without /LEN, and blocks
+    (PREFIX/LEN with no host bits set: the addresses a cloud delegates or aliases to a NIC), one family."""
     source = "--addresses"
     if value.startswith("@"):
         source = f"--addresses {value}"
@@ -308,19 +359,42 @@ def address_list(value: str, read: Callable[[str], str]) -> tuple[Listed, ...]:
     if not words:
         raise MultiipError(f"{source}: no address in it")
     out: list[Listed] = []
-    seen: set[ipaddress.IPv4Address] = set()
+    seen: set[IP] = set()
     for w in words:
         try:
-            a: Listed = ipaddress.IPv4Interface(w) if "/" in w else ipaddress.IPv4Address(w)
+            a: Listed = ipaddress.ip_interface(w) if "/" in w else ipaddress.ip_address(w)
         except ValueError:
-            raise MultiipError(f"{source}: {w!r} is not an IPv4 address (A.B.C.D or A.B.C.D/LEN)") from None
-        ip = a.ip if isinstance(a, ipaddress.IPv4Interface) else a
-        unusable(ip, source)
+            raise MultiipError(f"{source}: {w!r} is not an IP address (A, A/LEN or a block PREFIX/LEN)") from None
+        if isinstance(a, ipaddress.IPv4Interface | ipaddress.IPv6Interface) and a.ip == a.network.network_address:
+            a = a.network  # no host bits: a block
+        ip = listed_ip(a)
+        if not isinstance(a, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            unusable(ip, source)
+        if out and ip.version != listed_ip(out[0]).version:
+            raise MultiipError(
+                f"{source}: {w!r} is IPv{ip.version} and {listed_ip(out[0])} IPv{listed_ip(out[0]).version}: a "
+                "setup's static addresses are of one family (give the other family's to a setup of its own)"
+            )
         if ip in seen:
             raise MultiipError(f"{source}: {ip} is given twice")
         seen.add(ip)
         out.append(a)
+    blocks = [a for a in out if isinstance(a, ipaddress.IPv4Network | ipaddress.IPv6Network)]
+    if blocks and len(out) > 1:
+        raise MultiipError(f"{source}: a block ({blocks[0]}) comes alone: give it, or the addresses, not both")
     return tuple(out)
+
+
+def block_addresses(block: Block, n: int) -> list[IP]:
+    """The first n addresses of a delegated block: from its first (IPv4: all of a /28 are the host's), from
+    the one after its zero address (IPv6: ::0 is the subnet's anycast)."""
+    start = 1 if block.version == 6 else 0
+    if block.num_addresses - start < n:
+        raise MultiipError(
+            f"--addresses {block}: the block holds {block.num_addresses - start} addresses, not the {n} asked for: "
+            "a shorter prefix, or a smaller --count"
+        )
+    return [block.network_address + start + i for i in range(n)]
 
 
 def seconds(value: float, option: str) -> float:
@@ -329,24 +403,28 @@ def seconds(value: float, option: str) -> float:
     return value
 
 
-def address_block(first: ipaddress.IPv4Interface, n: int, gateway: ipaddress.IPv4Address | None) -> None:
+def address_block(first: Iface, n: int, gateway: IP | None) -> None:
     """Refuse a static block that leaves its subnet, takes the network/broadcast address or the gateway."""
     net = first.network
-    last = first.ip + (n - 1) if int(first.ip) + n - 1 <= 0xFFFFFFFF else None
-    usable_lo, usable_hi = (net[0], net[-1]) if net.prefixlen >= 31 else (net[1], net[-2])
-    if last is None or first.ip < usable_lo or last > usable_hi:
+    lo, hi = int(first.ip), int(first.ip) + n - 1  # the block, as numbers (either family)
+    ends = net.version == 4 and net.prefixlen < 31  # IPv4's network and broadcast addresses are no host's
+    usable_lo, usable_hi = net[1 if ends or net.version == 6 else 0], net[-2 if ends else -1]  # IPv6 ::0: anycast
+    if lo < int(usable_lo) or hi > int(usable_hi):
         raise MultiipError(
             f"--address {first}: {n} addresses from {first.ip} leave the subnet {net} "
             f"(usable {usable_lo} - {usable_hi})"
         )
+    last = ipaddress.ip_address(hi)
     if gateway is not None:
         unusable(gateway, "--gateway")
+        if gateway.version != net.version:
+            raise MultiipError(f"--gateway {gateway} is IPv{gateway.version}; the addresses are IPv{net.version}")
         if gateway not in net:
             raise MultiipError(f"--gateway {gateway} is outside the subnet {net}")
-        if net.prefixlen < 31 and gateway in (net.network_address, net.broadcast_address):
+        if net.version == 4 and net.prefixlen < 31 and gateway in (net.network_address, net.broadcast_address):
             which = "network" if gateway == net.network_address else "broadcast"
             raise MultiipError(f"--gateway {gateway} is the {which} address of {net}, not a host's")
-        if first.ip <= gateway <= last:
+        if lo <= int(gateway) <= hi:
             raise MultiipError(f"--gateway {gateway} falls inside the namespace addresses {first.ip} - {last}")
 
 
@@ -370,17 +448,40 @@ def setup(**given: Any) -> Setup:
     client = choice(v["dhcp"], Dhcp, "--dhcp")
     first = interface_address(v["address"]) if v["address"] else None
     listed = address_list(v["addresses"], _read_text) if v["addresses"] else ()
-    gw = ipv4(str(v["gateway"]), "--gateway") if v["gateway"] else None
+    gw = ip_address(str(v["gateway"]), "--gateway") if v["gateway"] else None
+    family = choice(v["family"], Family, "--family")
     if first is not None and listed:
         raise MultiipError("--address and --addresses both give the static addresses: use one")
-    if listed:
+    block = listed[0] if listed and isinstance(listed[0], ipaddress.IPv4Network | ipaddress.IPv6Network) else None
+    if block is not None:  # its addresses: all of an IPv4 block's, --count of an IPv6 one's (or of either, given)
+        n = count(block.num_addresses if n == DEFAULT.count and block.version == 4 else n, mode)
+        block_addresses(block, n)
+    elif listed:
         if n not in (len(listed), DEFAULT.count):
             raise MultiipError(f"--count {n} but --addresses lists {len(listed)}: one per namespace; drop --count")
         n = count(len(listed), mode)
     static = first is not None or bool(listed)
+    if static:
+        version = (first.ip if first is not None else listed_ip(listed[0])).version
+        if family not in (Family.auto, Family(str(version))):
+            raise MultiipError(f"--family {family} and IPv{version} static addresses: the addresses give the family")
+        if gw is not None and gw.version != version:
+            raise MultiipError(f"--gateway {gw} is IPv{gw.version}; the addresses are IPv{version}")
+    if v["local_route"] and (mode != Mode.alias or block is None):
+        raise MultiipError(
+            "--local-route routes a whole block to this host (ip route add local BLOCK dev lo): give --mode alias "
+            "and --addresses BLOCK (e.g. a delegated prefix 10.0.0.16/28)"
+        )
+    if v["dhcp6"] and (static or family == Family.v4):
+        raise MultiipError("--dhcp6 asks DHCPv6 for the namespaces' IPv6 addresses: not with static ones or --family 4")
     if static and client not in (Dhcp.auto, Dhcp.none):
         raise MultiipError(f"--dhcp {client} and static addresses (--address/--addresses): choose one")
-    if static:
+    if family == Family.v6 and not static and client not in (Dhcp.auto, Dhcp.none):
+        raise MultiipError(
+            f"--dhcp {client} is a DHCPv4 client and --family 6 gives no IPv4: the namespaces take IPv6 by SLAAC "
+            "(add --dhcp6 where the LAN hands out DHCPv6 addresses), or use --family dual"
+        )
+    if static or family == Family.v6:
         client = Dhcp.none
     if v["off_subnet"] and not static:
         raise MultiipError("--off-subnet is about static addresses: give them with --address or --addresses")
@@ -422,11 +523,14 @@ def setup(**given: Any) -> Setup:
         count=n,
         mode=mode,
         dhcp=client,
+        family=family,
         address=first,
         addresses=listed,
         gateway=gw,
         port_range=port_range(v["port_range"]) if v["port_range"] else None,
         off_subnet=bool(v["off_subnet"]),
+        local_route=bool(v["local_route"]),
+        dhcp6=bool(v["dhcp6"]),
         bridge_tool=tool,
         host_dhcp=bool(v["host_dhcp"]),
         lease_timeout=lease_timeout,
@@ -438,13 +542,19 @@ def setup(**given: Any) -> Setup:
 # --- multiip hold
 
 
-def server(value: str) -> tuple[ipaddress.IPv4Address, int]:
-    """HOST:PORT of the server to hold connections to."""
+def server(value: str) -> tuple[IP, int]:
+    """HOST:PORT of the server to hold connections to: IPv4:PORT or [IPv6]:PORT."""
     host, sep, port = value.rpartition(":")
     try:
-        ip = ipaddress.IPv4Address(host)
+        ip: IP = (
+            ipaddress.IPv6Address(host[1:-1])
+            if host.startswith("[") and host.endswith("]")
+            else ipaddress.IPv4Address(host)
+        )
     except ValueError:
-        raise MultiipError(f"target {value!r}: write it as IPv4:PORT, e.g. 198.18.0.1:9000") from None
+        raise MultiipError(
+            f"target {value!r}: write it as IPv4:PORT or [IPv6]:PORT, e.g. 198.18.0.1:9000 or [2001:db8::1]:9000"
+        ) from None
     if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise MultiipError(f"target {value!r}: the port must be 1..65535")
     return ip, int(port)

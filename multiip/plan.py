@@ -6,6 +6,7 @@ templates read a ``Plan``: ``plan.o`` the options, ``plan.target`` the names.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,39 @@ class Plan:
 
     @property
     def static(self) -> list[str]:
-        """The static addresses, one per namespace (or alias): "A/LEN", or "A" where the uplink's subnet gives LEN."""
+        """The static addresses, one per namespace (or alias): "A/LEN", or "A" where the uplink's subnet (or,
+        off it, the host's own length) gives LEN; a block's, each."""
         if self.o.address is not None:
             return [f"{self.o.address.ip + i}/{self.o.address.network.prefixlen}" for i in range(self.o.count)]
+        if self.block is not None:
+            return [str(a) for a in options.block_addresses(self.block, self.o.count)]
         return [str(a) for a in self.o.addresses]
+
+    @property
+    def static_family(self) -> int | None:
+        """4 or 6: the static addresses' family (None: no static addresses)."""
+        if self.o.address is not None:
+            return self.o.address.version
+        return options.listed_ip(self.o.addresses[0]).version if self.o.addresses else None
+
+    @property
+    def probe(self) -> bool:
+        """Static IPv4 addresses on a link are probed first (ARP, RFC 5227); IPv6's DAD is the kernel's."""
+        return self.static_family == 4 and not self.o.local_route
+
+    @property
+    def ipv6(self) -> bool:
+        """The namespaces may get IPv6: static IPv6 addresses, --family 6 or dual, or auto (the script sees what
+        the LAN offers)."""
+        if self.o.mode == options.Mode.alias:
+            return False
+        return self.static_family == 6 if self.static_family else self.o.family != options.Family.v4
+
+    @property
+    def block(self) -> options.Block | None:
+        """--addresses BLOCK: the delegated prefix the static addresses come from."""
+        first = self.o.addresses[0] if self.o.addresses else None
+        return first if isinstance(first, ipaddress.IPv4Network | ipaddress.IPv6Network) else None
 
     def args(self) -> list[str]:
         """The options that reproduce this plan, for a script's header."""

@@ -1,12 +1,12 @@
-"""The lab's TCP sink: accepts connections on one ip:port and holds them until the peer closes.
+"""The lab's TCP sink: accepts connections on its ip:ports (IPv4 and IPv6) and holds them until the peer closes.
 
 One process may hold only as many sockets as its open-file limit allows (20000 here), so the sink is
 a parent with several worker processes sharing the port through SO_REUSEPORT. A worker that nears its
-limit closes its listener, and the kernel sends new connections to the others. Each worker writes
+limit closes its listeners, and the kernel sends new connections to the others. Each worker writes
 ``sink-K.json`` (held, accepted, per-peer counts) into the state directory; the parent writes
 ``sink.pid`` and, once every worker listens, ``sink.ready``. SIGTERM stops the parent and its workers.
 
-Run as ``python -m multiip.sink --listen IP:PORT --workers N --state DIR``.
+Run as ``python -m multiip.sink --listen IP:PORT [--listen [IPv6]:PORT] --workers N --state DIR``.
 """
 
 from __future__ import annotations
@@ -41,20 +41,28 @@ def _write_json(path: Path, data: object) -> None:
     tmp.replace(path)
 
 
-def worker(index: int, host: str, port: int, state: Path) -> None:
-    signal.signal(signal.SIGTERM, _on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    limit = raise_fd_limit() - 32
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def listen_on(host: str, port: int) -> socket.socket:
+    """A listener on host:port (an IPv6 host: IPv6 only), sharing the port with the other workers."""
+    v6 = ":" in host
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if v6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     sock.bind((host, port))
     sock.listen(65535)
     sock.setblocking(False)
-    lfd = sock.fileno()
-    listener: socket.socket | None = sock
+    return sock
+
+
+def worker(index: int, addresses: list[tuple[str, int]], state: Path) -> None:
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit = raise_fd_limit() - 32
+    listeners = {s.fileno(): s for s in (listen_on(host, port) for host, port in addresses)}
     ep = select.epoll()
-    ep.register(lfd, select.EPOLLIN)
+    for lfd in listeners:
+        ep.register(lfd, select.EPOLLIN)
     conns: dict[int, str] = {}
     peers: Counter[str] = Counter()
     accepted = 0
@@ -63,11 +71,10 @@ def worker(index: int, host: str, port: int, state: Path) -> None:
     next_write = 0.0
 
     def stop_listening() -> None:
-        nonlocal listener
-        if listener is not None:
+        for lfd, listener in listeners.items():
             ep.unregister(lfd)
             listener.close()
-            listener = None
+        listeners.clear()
 
     while not _stop:
         try:
@@ -75,7 +82,8 @@ def worker(index: int, host: str, port: int, state: Path) -> None:
         except InterruptedError:
             continue
         for fd, ev in events:
-            if fd == lfd and listener is not None:
+            listener = listeners.get(fd)
+            if listener is not None:
                 for _ in range(1024):
                     try:
                         conn, addr = listener.accept()
@@ -118,7 +126,7 @@ def worker(index: int, host: str, port: int, state: Path) -> None:
                     "pid": os.getpid(),
                     "held": len(conns),
                     "accepted": accepted,
-                    "listening": listener is not None,
+                    "listening": bool(listeners),
                     "peers": dict(peers),
                 },
             )
@@ -128,11 +136,11 @@ def worker(index: int, host: str, port: int, state: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m multiip.sink", description=__doc__.splitlines()[0])
-    ap.add_argument("--listen", required=True, help="IP:PORT")
+    ap.add_argument("--listen", required=True, action="append", help="IP:PORT or [IPv6]:PORT (repeatable)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--state", required=True, type=Path)
     args = ap.parse_args(argv)
-    host, _, port = args.listen.rpartition(":")
+    addresses = [(host.strip("[]"), int(port)) for host, _, port in (a.rpartition(":") for a in args.listen)]
     state: Path = args.state
     state.mkdir(parents=True, exist_ok=True)
     for old in state.glob("sink-*.json"):
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         if pid == 0:
             code = 0
             try:
-                worker(index, host, int(port), state)
+                worker(index, addresses, state)
             except BaseException as e:  # a worker reports and exits; the parent notices
                 print(f"sink worker {index}: {e}", file=sys.stderr)
                 code = 1

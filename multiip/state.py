@@ -23,7 +23,10 @@ from multiip.plan import STATE_ROOT, Target
 
 # One process per namespace reads its links/addresses, default route and port range.
 # {dev}: empty in a namespace (all its links), 'dev "$0"' for one device (the uplink, with --mode alias).
-_PROBE = "ip -j address show {dev}; echo; ip -j -4 route show default; echo; cat /proc/sys/net/ipv4/ip_local_port_range"
+_PROBE = (
+    "ip -j address show {dev}; echo; ip -j -4 route show default; echo; ip -j -6 route show default; echo; "
+    "cat /proc/sys/net/ipv4/ip_local_port_range"
+)
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,11 @@ class NamespaceStatus:
     name: str
     interface: str
     mac: str | None = None
-    ipv4: str | None = None  # "198.18.3.7/15"
+    ipv4: str | None = None  # "198.18.3.7/16"
+    ipv6: str | None = None  # its first global IPv6 address that is ready (not tentative), "2001:db8::5/64"
+    ipv6_pending: list[str] = field(default_factory=list)  # global IPv6 addresses in DAD ("tentative") or failed
     gateway: str | None = None
+    gateway6: str | None = None  # its IPv6 default route's (a router's link-local address, from its advertisements)
     port_range: str | None = None  # "1024-65535"
     dhcp_client: str | None = None
     dhcp_pid: int | None = None
@@ -119,6 +125,10 @@ class NamespaceStatus:
     lease_expires: str | None = None  # ISO 8601, UTC
     interfaces: list[dict[str, Any]] = field(default_factory=list)
     host: bool = False  # --mode alias: an address on the host's uplink, no namespace
+
+    def source(self, family: int) -> str | None:
+        """Its address of that family (4 or 6), "A/LEN", if it has one that is ready."""
+        return self.ipv4 if family == 4 else self.ipv6
 
 
 def _decode_all(text: str) -> tuple[list[Any], str]:
@@ -141,15 +151,24 @@ def decode_probe(member: Member, out: str) -> NamespaceStatus:
     docs, rest = _decode_all(out)
     links = docs[0] if docs else []
     routes = docs[1] if len(docs) > 1 else []
+    routes6 = docs[2] if len(docs) > 2 else []
     for link in links:
         if link.get("ifname") == "lo":
             continue
-        v4 = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("family") == "inet"]
-        st.interfaces.append({"name": link.get("ifname"), "mac": link.get("address"), "ipv4": v4})
+        infos = link.get("addr_info", [])
+        v4 = [f"{a['local']}/{a['prefixlen']}" for a in infos if a.get("family") == "inet"]
+        v6 = [a for a in infos if a.get("family") == "inet6" and a.get("scope") == "global" and not a.get("temporary")]
+        ready = [f"{a['local']}/{a['prefixlen']}" for a in v6 if not (a.get("tentative") or a.get("dadfailed"))]
+        pending = [f"{a['local']}/{a['prefixlen']}" + (" dadfailed" if a.get("dadfailed") else " tentative")
+                   for a in v6 if a.get("tentative") or a.get("dadfailed")]  # fmt: skip
+        st.interfaces.append({"name": link.get("ifname"), "mac": link.get("address"), "ipv4": v4, "ipv6": ready})
         if link.get("ifname") == st.interface:
             st.mac = link.get("address")
             st.ipv4 = v4[0] if v4 else None
+            st.ipv6 = ready[0] if ready else None
+            st.ipv6_pending = pending
     st.gateway = next((r.get("gateway") for r in routes if r.get("dst") == "default"), None)
+    st.gateway6 = next((r.get("gateway") for r in routes6 if r.get("dst") == "default"), None)
     ports = rest.split()
     st.port_range = f"{ports[0]}-{ports[1]}" if len(ports) == 2 else None
     return st
@@ -217,14 +236,22 @@ def alias_status(record: Record) -> list[NamespaceStatus]:
     uplink = record.env.get("UPLINK", "")
     probe = ["sh", "-c", _PROBE.format(dev='dev "$0"'), uplink]
     st = decode_probe(Member(uplink, uplink, "-", None, None), execute.capture(probe))
-    on_uplink = {a for link in st.interfaces for a in link["ipv4"]}
+    on_uplink = {a for link in st.interfaces for a in link["ipv4"] + link["ipv6"]}
+    block = record.env.get("LOCAL_ROUTE")
+    if block:  # --local-route: every address of the block is the host's while its local route is there
+        family = "-6" if ":" in block else "-4"
+        local = ["ip", "-j", family, "route", "show", "table", "local", "type", "local", block]
+        routed = json.loads(execute.capture(local) or "[]")
+        on_uplink = set(record.addresses) if routed else set()
     return [
         NamespaceStatus(
             name=record.env.get("LABEL") or uplink,
             interface=uplink,
             mac=st.mac,
-            ipv4=a if a in on_uplink else None,
+            ipv4=a if a in on_uplink and ":" not in a else None,
+            ipv6=a if a in on_uplink and ":" in a else None,
             gateway=st.gateway,
+            gateway6=st.gateway6,
             port_range=st.port_range,
             host=True,
         )
@@ -243,27 +270,36 @@ def status(target: Target) -> dict[str, Any]:
         "bridge": env.get("BRIDGE", target.bridge) if env.get("MODE", "bridge") == "bridge" else None,
         "uplink": env.get("UPLINK", target.uplink) or None,
         "dhcp": client,
+        "family": env.get("FAMILY", "4") if record else None,  # 4, 6 or dual: the namespaces' addresses
+        "dhcp6": env.get("DHCP6", "-") if record else None,  # their DHCPv6 client (-: none)
         "manager": env.get("MANAGER"),  # what manages the uplink: none, NetworkManager, systemd-networkd, a client
         "state": str(target.state_dir) if record else None,
         "namespaces": [asdict(r) for r in rows],
     }
 
 
-def addressed(target: Target) -> list[NamespaceStatus]:
-    """Each recorded namespace that exists, in the record's order; an error if there is none, or if one
-    has no IPv4 address (yet)."""
+def addressed(target: Target, family: int | None = None) -> list[NamespaceStatus]:
+    """Each recorded namespace that exists, in the record's order; an error if there is none, or if one has
+    no address of the family (4 or 6; None: the setup's, IPv4 where it has both) ready (yet)."""
     record = read_record(target)
     rows = alias_status(record) if record and record.mode == "alias" else _probe_present(record, None)
     if not rows:
         raise MultiipError(
             f"no setup with prefix {target.prefix} on this host: multiip status --prefix {target.prefix}"
         )
-    missing = [r.name for r in rows if not r.ipv4]
+    if family is None:
+        family = 4 if any(r.ipv4 for r in rows) or not any(r.ipv6 for r in rows) else 6
+    missing = [r.name for r in rows if not r.source(family)]
     if missing and rows[0].host:
         raise MultiipError(
-            f"{len(missing)} of the setup's addresses are no longer on {rows[0].interface}: see multiip status "
+            f"{len(missing)} of the setup's IPv{family} addresses are not on {rows[0].interface}: see multiip status "
             f"--prefix {target.prefix}; multiip run again puts them back"
         )
     if missing:
-        raise MultiipError(f"no IPv4 address in {', '.join(missing)}: see multiip status --prefix {target.prefix}")
+        pending = [p for r in rows for p in r.ipv6_pending] if family == 6 else []
+        raise MultiipError(
+            f"no IPv{family} address ready in {', '.join(missing)}"
+            + (f" ({', '.join(pending[:3])})" if pending else "")
+            + f": see multiip status --prefix {target.prefix}"
+        )
     return rows

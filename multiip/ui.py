@@ -80,27 +80,37 @@ class ScriptProgress:
 
 def status_table(data: dict[str, Any]) -> None:
     rows = data["namespaces"]
+    family = data.get("family") or "4"
     title = (
         f"prefix {data['prefix']} · {data['mode'] or '?'}{(' ' + data['bridge']) if data['bridge'] else ''}"
         f" · uplink {data['uplink'] or '?'}"
-        f" (managed by {data['manager'] or '?'}) · DHCP {data['dhcp'] or '?'} · {len(rows)} "
+        f" (managed by {data['manager'] or '?'}) · DHCP {data['dhcp'] or '?'}"
+        + (f" · IPv{family}" if family != "dual" else " · IPv4 and IPv6")
+        + (f" (DHCPv6 {data['dhcp6']})" if data.get("dhcp6") not in (None, "-") else "")
+        + f" · {len(rows)} "
         + ("addresses on the uplink" if data["mode"] == "alias" else "namespaces")
     )
+    v4, v6 = family != "6", family != "4" or any(r["ipv6"] or r["ipv6_pending"] for r in rows)
     table = Table(title=title, title_justify="left")
     first = "label" if data["mode"] == "alias" else "namespace"
-    for col in (first, "interface", "MAC", "IPv4", "gateway", "DHCP client", "lease expires", "ports"):
+    columns = [first, "interface", "MAC", *(["IPv4"] if v4 else []), *(["IPv6"] if v6 else [])]
+    for col in (*columns, "gateway", "DHCP client", "lease expires", "ports"):
         table.add_column(col, no_wrap=True)
     for r in rows:
         client = "-"
         if r["dhcp_client"]:
             state = "alive" if r["dhcp_alive"] else "[red]dead[/red]"
             client = f"{r['dhcp_client']} {r['dhcp_pid'] or ''} {state}"
+        pending = ", ".join(r["ipv6_pending"])
+        addresses = [r["ipv4"] or "[red]none[/red]"] if v4 else []
+        if v6:
+            addresses.append(r["ipv6"] or (f"[yellow]{escape(pending)}[/yellow]" if pending else "[red]none[/red]"))
         table.add_row(
             r["name"],
             r["interface"],
             r["mac"] or "-",
-            r["ipv4"] or "[red]none[/red]",
-            r["gateway"] or "-",
+            *addresses,
+            (r["gateway"] if v4 else None) or r["gateway6"] or "-",
             client,
             (r["lease_expires"] or "-").replace("+00:00", "Z"),
             r["port_range"] or "-",

@@ -136,7 +136,7 @@ def test_shell_completion_after_install() -> None:
     env = {**os.environ, "_MULTIIP_COMPLETE": "complete_bash", "COMP_WORDS": "multiip re", "COMP_CWORD": "1"}
     assert subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split() == ["render"]
     env = {**env, "COMP_WORDS": "multiip run --dh", "COMP_CWORD": "2"}
-    assert subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split() == ["--dhcp"]
+    assert subprocess.run([exe], env=env, capture_output=True, text=True).stdout.split() == ["--dhcp", "--dhcp6"]
 
 
 def as_nobody(argv: list[str]) -> tuple[int, str]:

@@ -140,7 +140,7 @@ def test_address_lists(tmp_path: Path) -> None:
     assert make_plan(address="198.18.1.1/15", count=3).static == ["198.18.1.1/15", "198.18.1.2/15", "198.18.1.3/15"]
     for bad, why in (
         ("10.0.1.20,10.0.1.20", "given twice"),
-        ("10.0.1.300", "not an IPv4 address"),
+        ("10.0.1.300", "not an IP address"),
         ("127.0.0.5", "loopback"),
         ("# nothing", "no address"),
         (f"@{tmp_path / 'missing'}", "cannot read it"),

@@ -44,6 +44,16 @@ SCRIPTS = {
         make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21", port_range="1024-65535")
     ),
     "setup-alias-keep-ports": lambda: setup_script(make_plan(mode="alias", address="198.18.30.1/15", count=300)),
+    "setup-family-6": lambda: setup_script(make_plan(family="6")),
+    "setup-dual-dhcp6": lambda: setup_script(make_plan(family="dual", dhcp6=True, dhcp="dhclient")),
+    "setup-macvlan-6-dhcp6": lambda: setup_script(make_plan(mode="macvlan", family="6", dhcp6=True)),
+    "setup-ipvlan-6": lambda: setup_script(make_plan(mode="ipvlan", family="6")),
+    "setup-static-6": lambda: setup_script(make_plan(address="2001:db8:100::10/64", count=4)),
+    "setup-alias-6": lambda: setup_script(make_plan(mode="alias", addresses="2001:db8:100::10,2001:db8:100::11")),
+    "setup-alias-block": lambda: setup_script(make_plan(mode="alias", addresses="198.18.40.16/28")),
+    "setup-alias-local-route-6": lambda: setup_script(
+        make_plan(mode="alias", addresses="2001:db8:5::/80", count=32, local_route=True)
+    ),
     "doctor": lambda: doctor_script("", 3, False),
     "doctor-probe": lambda: doctor_script("", 3, True),
     "lab-up": lambda: lab.up_script(lab.make_lab()),
@@ -102,7 +112,8 @@ def test_choices_made_at_render_time_are_not_tested_again_in_bash() -> None:
         assert "BRIDGE_TOOL" not in text and "HOST_MODE" not in text and "TUNE_HOST" not in text
     assert "brctl" not in seed and 'brctl addbr "$BRIDGE"' in static and 'brctl addif "$BRIDGE" "$UPLINK"' in static
     assert 'brctl stp "$BRIDGE" off' in static and "type bridge stp_state 0" in seed
-    assert 'step 6/6 "no DHCP' in static and "DHCP=none" in static and 'dhcp_start "$DHCP" "$PREFIX$i"' not in static
+    assert 'step 6/6 "static addresses' in static and "DHCP=none" in static
+    assert 'dhcp_start "$DHCP" "$PREFIX$i"' not in static
     assert "198.18.10.1/15 198.18.10.2/15" in static and "GATEWAY=198.18.0.1" in static
     assert "PORT_RANGE=(2000 60000)" in static
     assert 'dhcp_start "$DHCP" host "$BRIDGE"' in hostdhcp and 'carry "$BRIDGE_STATE/carry.then"' in hostdhcp

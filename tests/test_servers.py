@@ -242,6 +242,6 @@ kill "$(cat {tmp_path}/machine-bus.pid)"
     names = (tmp_path / "names-during").read_text()
     assert "org.freedesktop.DBus" in names and "NetworkManager" not in names, names
     assert "No such file" in (tmp_path / "machine-nm").read_text()  # the machine's /run has no NetworkManager
-    devices = dict(line.split(":", 1) for line in (tmp_path / "lab-devices").read_text().split())
+    devices = dict(line.split(":", 1) for line in (tmp_path / "lab-devices").read_text().splitlines())
     assert devices["eth0"] == "unmanaged" and devices["br0"] == "unmanaged", devices
     assert not re.search(rf"\b{name}x\d", sh("ip", "netns", "list").stdout)

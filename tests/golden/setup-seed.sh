@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# multiip 0.1.0: give this host 20 source IPv4 addresses, one per network namespace,
+# multiip 0.1.0: give this host 20 source IP addresses, one per network namespace,
 # behind the Linux bridge br0 that takes over the uplink (single-host-multiple-ips).
 # Rendered by: multiip render 
 # Undo with:   multiip render --teardown > teardown.sh && sudo bash teardown.sh
@@ -164,6 +164,7 @@ client_files() {  # $1 client, $2 key, $3 interface: sets PIDFILE and LEASEFILE
   case $1 in
     udhcpc) PIDFILE=$dir/$2.pid LEASEFILE=$dir/$2.lease ;;
     dhclient) PIDFILE=$dir/$2.pid LEASEFILE=$dir/$2.leases ;;
+    dhclient6) PIDFILE=$dir/$2.pid6 LEASEFILE=$dir/$2.leases6 ;;  # dhclient -6, a namespace's DHCPv6
     dhcpcd) PIDFILE=/run/dhcpcd/$3-4.pid LEASEFILE=/var/lib/dhcpcd/$3.lease ;;  # dhcpcd has no option for them
     *) PIDFILE=- LEASEFILE=- ;;
   esac
@@ -183,7 +184,7 @@ client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running clien
   # a pid file is trusted only for a process of that name in that namespace (pids are reused)
   local netns=/run/netns/$2
   [[ $2 != host ]] || netns=/proc/self/ns/net
-  [[ -n $comm && $comm == "$1" && /proc/$PID/ns/net -ef $netns ]] || PID=""
+  [[ -n $comm && $comm == "${1%6}" && /proc/$PID/ns/net -ef $netns ]] || PID=""
 }
 
 dhcp_start() {  # $1 client, $2 key, $3 interface[, $4 the address to ask for[, $5 the client id to send]]
@@ -271,6 +272,81 @@ esac
 exit 0
 UDHCPC
   chmod 0755 "$1/udhcpc.script"
+}
+
+FAMILY=auto  # 4, 6, dual, or auto: IPv6 too where the LAN offers it
+DHCP6=-  # the namespaces' DHCPv6 client (-: none, SLAAC alone)
+# Sets FAMILY (4, 6 or dual) and V6 (1: the namespaces get IPv6). --family auto: IPv6 too where the LAN
+# offers it, seen on the uplink (or the bridge that has its addresses): a SLAAC address (a dynamic /64) and
+# a default route from router advertisements (proto ra, the kernel's or its manager's). A setup run
+# again keeps the family it has.
+choose_family() {
+  local dev ra="" slaac=""
+  local -a devs=("$UPLINK" "$BRIDGE")
+  if [[ $FAMILY == auto && -n ${RECORD[FAMILY]:-} ]]; then FAMILY=${RECORD[FAMILY]}; fi
+  if [[ $FAMILY == auto ]]; then
+    for dev in "${devs[@]}"; do
+      link_exists "$dev" || continue
+      [[ -z $(ip -6 route show default proto ra dev "$dev" 2>/dev/null) ]] || ra=1
+      ip -6 -o address show dev "$dev" scope global | grep -q '/64 .* dynamic' && slaac=1
+    done
+    FAMILY=4
+    if [[ -n $ra && -n $slaac ]]; then
+      FAMILY=dual
+      say "the LAN advertises IPv6 (router advertisements on $UPLINK): the namespaces get IPv6 too (SLAAC); --family 4 does without"
+    fi
+  fi
+  [[ -z ${RECORD[FAMILY]:-} || ${RECORD[FAMILY]} == "$FAMILY" ]] || die "prefix $PREFIX is set up with --family ${RECORD[FAMILY]}: take it down first to change that"
+  V6=""
+  [[ $FAMILY == 4 ]] || V6=1
+  if [[ -n $V6 && -z $ra ]]; then  # asked for: is there IPv6 to have on this LAN?
+    for dev in "${devs[@]}"; do
+      if link_exists "$dev" && [[ -n $(ip -6 route show default proto ra dev "$dev" 2>/dev/null) ]]; then ra=1; fi
+    done
+    [[ -n $ra ]] || die "--family $FAMILY: $UPLINK has no default route from router advertisements, so the LAN offers no IPv6 here (or its router does not advertise): use --family 4, or static IPv6 addresses (--address/--addresses); nothing was changed"
+  fi
+}
+# Namespace I's IPv6 inside it (before its link goes up): a link-local address (EUI-64 of its stable MAC),
+# SLAAC from router advertisements. Sets SYSCTL6 (the sysctls) and ADDRGEN (the mode).
+ipv6_inside() {  # $1 index
+  local conf=/proc/sys/net/ipv6/conf/$INSIDE$1
+  SYSCTL6=" && echo 1 >$conf/accept_ra && echo 0 >$conf/use_tempaddr" ADDRGEN=eui64
+}
+# Every namespace with an IPv6 address of scope $1 (global, or link: a DHCPv6 client needs its link-local)
+# ready to use (DAD done: a "tentative" one cannot be bound), up to LEASE_TIMEOUT s; one whose DAD failed
+# (someone on the LAN has that address) is named.
+wait_ipv6() {  # $1 scope
+  local i deadline out failed="" ns=""
+  local -a pending=() waiting=()
+  deadline=$((SECONDS + LEASE_TIMEOUT))
+  for ((i = 0; i < COUNT; i++)); do pending+=("$i"); done
+  while :; do
+    waiting=()
+    for i in "${pending[@]}"; do
+      out=$(nsenter --net="/run/netns/$PREFIX$i" ip -6 -o address show dev "$INSIDE$i" scope "$1" 2>/dev/null) || true
+      if [[ $out == *dadfailed* ]]; then
+        out=${out#* inet6 }
+        failed+=" $PREFIX$i (${out%% *})"
+      fi
+      [[ -n $out && $out != *tentative* ]] || waiting+=("$i")
+    done
+    pending=("${waiting[@]}")
+    [[ $1 != global ]] || progress ipv6 "$((COUNT - ${#pending[@]}))" "$COUNT"
+    [[ -z $failed ]] || die "IPv6 duplicate-address detection failed in$failed: another host on the LAN has that address"
+    ((${#pending[@]} > 0 && SECONDS < deadline)) || break
+    sleep 0.2
+  done
+  if ((${#pending[@]} > 0)); then
+    for i in "${pending[@]}"; do ns+=" $PREFIX$i"; done
+    STEP="IPv6"
+    die "no $1 IPv6 address ready within ${LEASE_TIMEOUT}s in ${#pending[@]} of $COUNT namespaces:$ns (does the LAN's router advertise a prefix for SLAAC? With DHCPv6 only, add --dhcp6; --family 4 does without IPv6)"
+  fi
+}
+# The last of the setup: every namespace's IPv6 (SLAAC) ready.
+ipv6_ready() {
+  local i started=0
+  wait_ipv6 global
+  say "every namespace has its IPv6 address"
 }
 
 # describe DEV prints what DEV carries, one item per line, with DEV written as @ (so the same lines
@@ -886,6 +962,7 @@ if [[ -r $SYSCTL/net/bridge/bridge-nf-call-iptables && $(<"$SYSCTL/net/bridge/br
   command -v iptables >/dev/null 2>&1 && iptables -S FORWARD 2>/dev/null | grep -qx -- '-P FORWARD DROP'; then
   die "bridged frames go through iptables here (br_netfilter, as Docker sets it up) and FORWARD drops them: the namespaces would get no lease. Let the bridge through first: iptables -I FORWARD -i $BRIDGE -o $BRIDGE -j ACCEPT (or sysctl net.bridge.bridge-nf-call-iptables=0); nothing was changed"
 fi
+choose_family
 check_host_limits
 
 # Derived from (uplink MAC, prefix, index): locally administered, unicast, the same on every run, so
@@ -909,7 +986,8 @@ for ((i = 0; i < COUNT; i++)); do
   printf '%s %s %s %s %s\n' "$PREFIX$i" "$INSIDE$i" "$PORT$i" "$PIDFILE" "$LEASEFILE"
 done >"$STATE/namespaces"
 printf '%s\n' "PREFIX=$PREFIX" "MODE=bridge" "NETNS=$NETNS" "BRIDGE=$BRIDGE" "BRIDGE_STATE=$BRIDGE_STATE" "BRIDGE_MADE=$BRIDGE_MADE" \
-  "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" "MANAGER=$MANAGER" "MTU=$MTU" >"$STATE/setup.env.new"
+  "UPLINK=$UPLINK" "DHCP=$DHCP" "COUNT=$COUNT" "MANAGER=$MANAGER" "MTU=$MTU" \
+  "FAMILY=$FAMILY" "DHCP6=$DHCP6" >"$STATE/setup.env.new"
 mv -f "$STATE/setup.env.new" "$STATE/setup.env"
 udhcpc_script "$STATE"
 UNDO="\`multiip down --prefix $PREFIX\` removes what the setup made so far"
@@ -927,9 +1005,15 @@ if [[ ! -e $BRIDGE_STATE/manager ]]; then  # the first setup on this bridge: wha
   printf '%s\n' "$MANAGER" >"$BRIDGE_STATE/manager"  # last: with it, the record of the bridge is whole
 fi
 # The uplink's manager must not take the bridge or its ports, made next (NetworkManager would start a
-# "Wired connection" with DHCP on each new veth); the uplink itself is handed over in step 5.
+# "Wired connection" with DHCP on each new veth); the uplink itself is handed over in step 5. An uplink
+# in the bridge from a move that did not finish stays let go (a manager given it back would take it out
+# of the bridge and configure it there, under step 5's feet): step 5 puts it back first.
 leave_alone "$MANAGER" setup "${PORT}*"
-[[ -e $BRIDGE_STATE/moved ]] || leave_alone "$MANAGER" bridge "$BRIDGE"
+if [[ ! -e $BRIDGE_STATE/moved ]]; then
+  if [[ $(link_master "$UPLINK") == "$BRIDGE" ]]; then leave_alone "$MANAGER" bridge "$BRIDGE $UPLINK"
+  else leave_alone "$MANAGER" bridge "$BRIDGE"
+  fi
+fi
 
 step 3/6 "bridge $BRIDGE (STP off, MTU $MTU)"
 if ! link_exists "$BRIDGE"; then
@@ -957,13 +1041,15 @@ make_chunk() {  # $1 first, $2 last + 1: create what is missing in one `ip -batc
   done
   ip -batch - <<<"$batch"
   # Inside each namespace: the port range, then lo and its link up (without an IPv6 link-local
-  # address). One nsenter -> sh -> ip per namespace, started by sh
+  # address, unless it gets IPv6). One nsenter -> sh -> ip per namespace, started by sh
   # (a small shell forks faster than this one), each with its ip batch as a here-document.
   local inside="" sysctl="printf '%s\\t%s\\n' ${PORT_RANGE[0]} ${PORT_RANGE[1]} >/proc/sys/net/ipv4/ip_local_port_range"
+  local SYSCTL6="" ADDRGEN=none
   for ((i = $1; i < $2; i++)); do
     device=$INSIDE$i
-    inside+="nsenter --net=/run/netns/$PREFIX$i sh -c \"$sysctl && exec ip -batch -\" <<'BATCH'"$'\n'
-    inside+="link set dev lo up"$'\n'"link set dev $device addrgenmode none"$'\n'"link set dev $device up"$'\n'
+    [[ -z $V6 ]] || ipv6_inside "$i"
+    inside+="nsenter --net=/run/netns/$PREFIX$i sh -c \"$sysctl$SYSCTL6 && exec ip -batch -\" <<'BATCH'"$'\n'
+    inside+="link set dev lo up"$'\n'"link set dev $device addrgenmode $ADDRGEN"$'\n'"link set dev $device up"$'\n'
     inside+="BATCH"$'\n'
   done
   sh -e <<<"$inside"
@@ -974,7 +1060,8 @@ make_chunk() {  # $1 first, $2 last + 1: create what is missing in one `ip -batc
 # sysctl costs a path lookup that grows with the number of namespaces.
 # The links get no IPv6 link-local address (addrgenmode none, in its own request before they go up:
 # in one request the kernel brings the link up first): otherwise every link coming up floods IPv6
-# DAD, router and MLD packets to all the others, and 1000 namespaces slow down quadratically.
+# DAD, router and MLD packets to all the others, and 1000 namespaces slow down quadratically. Those
+# that get IPv6 need theirs (README: what IPv6 costs a large setup).
 # Each namespace is entered with nsenter --net, never `ip netns exec` or `ip -n`, which copy the
 # mount table (one more mount for every namespace).
 CHUNKS=$(( (COUNT + 99) / 100 ))
@@ -1019,7 +1106,7 @@ if [[ ! -e $BRIDGE_STATE/moved || $(link_master "$UPLINK") != "$BRIDGE" ]]; then
   ROLLBACK=""
 fi
 
-step 6/6 "DHCP: one $DHCP per namespace, in parallel; up to ${LEASE_TIMEOUT}s for every lease"
+step 6/6 "DHCP: one $DHCP per namespace, in parallel${V6:+, IPv6 by SLAAC}; up to ${LEASE_TIMEOUT}s for every lease"
 started=0
 for ((i = 0; i < COUNT; i++)); do
   client_pid "$DHCP" "$PREFIX$i" "$INSIDE$i"
@@ -1051,5 +1138,6 @@ if ((${#pending[@]} > 0)); then
   STEP="DHCP leases"
   die "no DHCP lease within ${LEASE_TIMEOUT}s for ${#pending[@]} of $COUNT namespaces:$missing (their clients keep trying). If this network drops unknown MACs (a cloud, Wi-Fi, port security; multiip doctor --probe tells), use --mode ipvlan or alias"
 fi
+[[ -z $V6 ]] || ipv6_ready
 UNDO=""
 say "ready: $COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)) on $BRIDGE via $UPLINK; see: multiip status"

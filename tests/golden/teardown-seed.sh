@@ -127,6 +127,7 @@ client_files() {  # $1 client, $2 key, $3 interface: sets PIDFILE and LEASEFILE
   case $1 in
     udhcpc) PIDFILE=$dir/$2.pid LEASEFILE=$dir/$2.lease ;;
     dhclient) PIDFILE=$dir/$2.pid LEASEFILE=$dir/$2.leases ;;
+    dhclient6) PIDFILE=$dir/$2.pid6 LEASEFILE=$dir/$2.leases6 ;;  # dhclient -6, a namespace's DHCPv6
     dhcpcd) PIDFILE=/run/dhcpcd/$3-4.pid LEASEFILE=/var/lib/dhcpcd/$3.lease ;;  # dhcpcd has no option for them
     *) PIDFILE=- LEASEFILE=- ;;
   esac
@@ -146,7 +147,7 @@ client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running clien
   # a pid file is trusted only for a process of that name in that namespace (pids are reused)
   local netns=/run/netns/$2
   [[ $2 != host ]] || netns=/proc/self/ns/net
-  [[ -n $comm && $comm == "$1" && /proc/$PID/ns/net -ef $netns ]] || PID=""
+  [[ -n $comm && $comm == "${1%6}" && /proc/$PID/ns/net -ef $netns ]] || PID=""
 }
 
 # describe DEV prints what DEV carries, one item per line, with DEV written as @ (so the same lines
@@ -480,10 +481,11 @@ dhcp_release() {  # $1 client, $2 key, $3 interface: make the client send DHCPRE
   client_pid "$@"
   case $1 in
     udhcpc) if [[ -n $PID ]]; then kill -TERM "$PID" 2>/dev/null || true; fi ;;  # started with -R: releases on exit
-    dhclient)  # it kills what its pid file names: only a verified one
-      local pidfile=/dev/null
+    dhclient | dhclient6)  # it kills what its pid file names: only a verified one (dhclient6: the DHCPv6 one)
+      local pidfile=/dev/null family=-4
       [[ -z $PID ]] || pidfile=$PIDFILE
-      resolv_in "$2" dhclient -4 -r -pf "$pidfile" -lf "$LEASEFILE" "$3" >>"$log" 2>&1 || true ;;
+      [[ $1 != dhclient6 ]] || family=-6
+      resolv_in "$2" dhclient "$family" -r -pf "$pidfile" -lf "$LEASEFILE" "$3" >>"$log" 2>&1 || true ;;
     dhcpcd) resolv_in "$2" dhcpcd -4 -k "$3" >>"$log" 2>&1 || true ;;
   esac
 }
@@ -607,6 +609,14 @@ fi
 safe_dir "$STATE"
 
 step 2/5 "release DHCP leases and stop the clients"
+if [[ ${RECORD[DHCP6]:--} == dhclient ]]; then  # first: what runs in the namespaces after this is DHCPv4's
+  for ns in "${present[@]}"; do
+    dhcp_release dhclient6 "$ns" "${INSIDE_OF[$ns]}" &
+    throttle $((4 * CORES))
+  done
+  drain
+  say "released the DHCPv6 leases of ${#present[@]} namespaces"
+fi
 map_namespace_pids
 client_of() {  # $1 namespace, $2 interface: sets CLIENT and PID, from its pid file or what runs there
   local c pid comm
@@ -715,7 +725,7 @@ fi
 if [[ $MODE == alias ]]; then  # exactly the recorded addresses, where they still are, and the port range
   batch="" removed=0
   declare -A ON_UPLINK=()
-  while read -r _ _ _ address _; do ON_UPLINK[$address]=1; done < <(ip -4 -o address show dev "$UPLINK" 2>/dev/null || true)
+  while read -r _ _ _ address _; do ON_UPLINK[$address]=1; done < <(ip -o address show dev "$UPLINK" 2>/dev/null || true)
   while read -r address; do
     if [[ -n $address && -n ${ON_UPLINK[$address]:-} ]]; then
       batch+="address del $address dev $UPLINK"$'\n'
@@ -724,6 +734,29 @@ if [[ $MODE == alias ]]; then  # exactly the recorded addresses, where they stil
   done <"$STATE/addresses"
   [[ -z $batch ]] || ip -force -batch - <<<"$batch"
   say "removed $removed addresses from $UPLINK; its own ones stay"
+  if [[ -n ${RECORD[LOCAL_ROUTE]:-} ]]; then  # the block's local route, where it still is
+    family=-4
+    [[ ${RECORD[LOCAL_ROUTE]} != *:* ]] || family=-6
+    if [[ -n $(ip "$family" route show table local type local "${RECORD[LOCAL_ROUTE]}") ]]; then
+      ip "$family" route del local "${RECORD[LOCAL_ROUTE]}" dev lo
+      say "removed the local route for ${RECORD[LOCAL_ROUTE]}"
+    fi
+    if [[ -s $STATE/nonlocal-bind ]]; then  # this setup turned it on: another IPv6 block's setup here inherits it, or it goes back
+      heir=""
+      for env in "${STATE%/*}"/*/setup.env; do
+        [[ $env != "$STATE/setup.env" ]] && grep -qx "NETNS=${RECORD[NETNS]:-}" "$env" && grep -q '^LOCAL_ROUTE=.*:' "$env" || continue
+        heir=${env%/setup.env}
+        break
+      done
+      if [[ -n $heir ]]; then
+        cp "$STATE/nonlocal-bind" "$heir/nonlocal-bind"
+        say "net.ipv6.ip_nonlocal_bind stays 1 for the setup ${heir##*/}"
+      else
+        cp "$STATE/nonlocal-bind" /proc/sys/net/ipv6/ip_nonlocal_bind
+        say "net.ipv6.ip_nonlocal_bind back to $(<"$STATE/nonlocal-bind")"
+      fi
+    fi
+  fi
   if [[ -s $STATE/port-range ]]; then
     cp "$STATE/port-range" /proc/sys/net/ipv4/ip_local_port_range
     say "port range back to $(tr '\t' - <"$STATE/port-range")"
