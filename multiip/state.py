@@ -119,6 +119,9 @@ class NamespaceStatus:
     gateway: str | None = None
     gateway6: str | None = None  # its IPv6 default route's (a router's link-local address, from its advertisements)
     port_range: str | None = None  # "1024-65535"
+    dhcp6_pid: int | None = None  # its DHCPv6 client's (dhclient -6), with --dhcp6
+    dhcp6_alive: bool = False
+    lease6_expires: str | None = None
     dhcp_client: str | None = None
     dhcp_pid: int | None = None
     dhcp_alive: bool = False
@@ -183,6 +186,9 @@ def lease_expiry(client: str, text: str) -> str | None:
         found = re.findall(r"expire \d+ (\d+/\d+/\d+ \d+:\d+:\d+);", text)
         if found:
             return datetime.strptime(found[-1], "%Y/%m/%d %H:%M:%S").replace(tzinfo=UTC).isoformat()
+    if client == "dhclient6":  # the last address's: its starts + max-life
+        leases = re.findall(r"iaaddr [0-9a-f:]+ \{\s*starts (\d+);\s*preferred-life \d+;\s*max-life (\d+);", text)
+        return datetime.fromtimestamp(int(leases[-1][0]) + int(leases[-1][1]), UTC).isoformat() if leases else None
     return None  # dhcpcd's lease file is the binary DHCP message
 
 
@@ -198,8 +204,17 @@ def _pid(path: str, client: str) -> tuple[int | None, bool]:
     return pid, alive
 
 
-def namespace_status(member: Member, client: str | None) -> NamespaceStatus:
+def namespace_status(member: Member, client: str | None, dhcp6: Path | None = None) -> NamespaceStatus:
+    """What the kernel says of the namespace, and of its DHCP clients what their files say (dhcp6: the
+    directory of its DHCPv6 client's, with --dhcp6)."""
     st = decode_probe(member, execute.capture(execute.in_netns(member.name, ["sh", "-c", _PROBE.format(dev="")])))
+    if dhcp6 is not None:
+        st.dhcp6_pid, st.dhcp6_alive = _pid(str(dhcp6 / f"{member.name}.pid6"), "dhclient")
+        try:
+            leases6 = (dhcp6 / f"{member.name}.leases6").read_text(errors="replace")
+            st.lease6_expires = lease_expiry("dhclient6", leases6)
+        except OSError:
+            st.lease6_expires = None
     if client and client != "none":
         st.dhcp_client = client
         if member.pidfile:
@@ -217,11 +232,13 @@ def present(record: Record) -> list[Member]:
     return [m for m in record.members if Path("/run/netns", m.name).exists()]
 
 
-def _probe_present(record: Record | None, client: str | None) -> list[NamespaceStatus]:
-    """The status of each recorded namespace that exists, in the record's order, probed in parallel."""
+def _probe_present(record: Record | None, client: str | None, state_dir: Path | None = None) -> list[NamespaceStatus]:
+    """The status of each recorded namespace that exists, in the record's order, probed in parallel (with
+    state_dir, its DHCPv6 client's files are read there)."""
     members = present(record) if record else []
+    dhcp6 = state_dir if record and state_dir and record.env.get("DHCP6", "-") != "-" else None
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda m: namespace_status(m, client), members))
+        return list(pool.map(lambda m: namespace_status(m, client, dhcp6), members))
 
 
 def alias_status(record: Record) -> list[NamespaceStatus]:
@@ -262,7 +279,10 @@ def alias_status(record: Record) -> list[NamespaceStatus]:
 def status(target: Target) -> dict[str, Any]:
     record = read_record(target)
     client = record.client if record else None
-    rows = alias_status(record) if record and record.mode == "alias" else _probe_present(record, client)
+    if record and record.mode == "alias":
+        rows = alias_status(record)
+    else:
+        rows = _probe_present(record, client, target.state_dir)
     env = record.env if record else {}
     return {
         "prefix": target.prefix,

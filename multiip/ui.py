@@ -78,6 +78,10 @@ class ScriptProgress:
             console.print(f"  {msg.text}", markup=False, soft_wrap=True)
 
 
+def alive(yes: bool) -> str:
+    return "alive" if yes else "[red]dead[/red]"
+
+
 def status_table(data: dict[str, Any]) -> None:
     rows = data["namespaces"]
     family = data.get("family") or "4"
@@ -97,10 +101,11 @@ def status_table(data: dict[str, Any]) -> None:
     for col in (*columns, "gateway", "DHCP client", "lease expires", "ports"):
         table.add_column(col, no_wrap=True)
     for r in rows:
-        client = "-"
+        clients = []
         if r["dhcp_client"]:
-            state = "alive" if r["dhcp_alive"] else "[red]dead[/red]"
-            client = f"{r['dhcp_client']} {r['dhcp_pid'] or ''} {state}"
+            clients.append(f"{r['dhcp_client']} {r['dhcp_pid'] or ''} {alive(r['dhcp_alive'])}")
+        if data.get("dhcp6") not in (None, "-"):
+            clients.append(f"{data['dhcp6']} -6 {r['dhcp6_pid'] or ''} {alive(r['dhcp6_alive'])}")
         pending = ", ".join(r["ipv6_pending"])
         addresses = [r["ipv4"] or "[red]none[/red]"] if v4 else []
         if v6:
@@ -111,8 +116,8 @@ def status_table(data: dict[str, Any]) -> None:
             r["mac"] or "-",
             *addresses,
             (r["gateway"] if v4 else None) or r["gateway6"] or "-",
-            client,
-            (r["lease_expires"] or "-").replace("+00:00", "Z"),
+            ", ".join(clients) or "-",
+            (r["lease_expires"] or r["lease6_expires"] or "-").replace("+00:00", "Z"),
             r["port_range"] or "-",
         )
     console.print(table)
