@@ -65,7 +65,7 @@ def host_state(netns: str, prefix: str) -> dict[str, Any]:
         if a.get("scope") != "link"
     )
     routes = sorted(
-        json.dumps(r, sort_keys=True)
+        json.dumps({k: v for k, v in r.items() if k != "expires"}, sort_keys=True)  # a router's renew them
         for family in ("-4", "-6")
         for r in ip_json(family, "route", "show", "table", "all", netns=netns)
         if r.get("table") != "local"
