@@ -79,7 +79,7 @@ def test_slaac_gives_20_namespaces_stable_ipv6_that_reaches_the_lans_sink(
 ) -> None:
     """--family auto on a LAN that advertises a prefix: IPv4 by DHCP and IPv6 by SLAAC (EUI-64 of each
     namespace's stable MAC), the same addresses after a down and a run again; each reaches the sink over
-    IPv6; exec's {isp}, addrs --family 6; down leaves the host as it was."""
+    IPv6; exec's {ip6}, addrs --family 6; down leaves the host as it was."""
     before, uplink = host_state(slaac.host_ns, sp), uplink_state(slaac.host_ns)
     args = ["run", "--mode", mode, "--prefix", sp, "--count", "20", "--yes"]
     cp = multiip(*args, netns=slaac.host_ns)
@@ -93,14 +93,14 @@ def test_slaac_gives_20_namespaces_stable_ipv6_that_reaches_the_lans_sink(
         assert ipaddress.IPv6Interface(r["ipv6"]).ip == eui64(r["mac"], slaac.lan_net6), r
         assert r["gateway6"].startswith("fe80::") and not r["ipv6_pending"]
     for ns in ours(sp):
-        assert reaches(ns, str(slaac.lan_isp), slaac.port), ns
+        assert reaches(ns, str(slaac.lan_ip6), slaac.port), ns
     addrs = multiip("addrs", "--prefix", sp, "--family", "6", netns=slaac.host_ns).stdout.split()
     assert addrs == [first[ns].split("/")[0] for ns in ours(sp)]
-    out = multiip("exec", "--all", "--prefix", sp, "--", "sh", "-c", 'echo "{ns} {isp} $MULTIIP_IP6"',
+    out = multiip("exec", "--all", "--prefix", sp, "--", "sh", "-c", 'echo "{ns} {ip6} $MULTIIP_IP6"',
                   netns=slaac.host_ns).stdout  # fmt: skip
     for ns, address in first.items():
-        isp = address.split("/")[0]
-        assert f"{ns} {isp} {isp}" in out
+        ip6 = address.split("/")[0]
+        assert f"{ns} {ip6} {ip6}" in out
     multiip("down", "--prefix", sp, "--yes", netns=slaac.host_ns)
     multiip(*args, netns=slaac.host_ns)
     assert {r["name"]: r["ipv6"] for r in status(sp, slaac.host_ns)["namespaces"]} == first
@@ -140,22 +140,22 @@ def test_hold_opens_4_full_addresses_to_one_ipv6_ip_port_and_ipv4_beside_it(slaa
 
 
 def test_dhcpv6_gives_20_namespaces_stable_addresses_released_by_down(dhcpv6: labmod.Lab, dp: str) -> None:
-    """--family 6 --dhcdp on a LAN whose router says "DHCPv6": one dhclient -6 per namespace, a DUID-LL of
+    """--family 6 --dhcp6 on a LAN whose router says "DHCPv6": one dhclient -6 per namespace, a DUID-LL of
     its stable MAC each; the same addresses after a down and a run again; down releases every lease."""
     before = host_state(dhcpv6.host_ns, dp)
-    args = ["run", "--mode", "bridge", "--prefix", dp, "--count", "20", "--family", "6", "--dhcdp", "--yes"]
+    args = ["run", "--mode", "bridge", "--prefix", dp, "--count", "20", "--family", "6", "--dhcp6", "--yes"]
     multiip(*args, netns=dhcpv6.host_ns)
     rows = status(dp, dhcpv6.host_ns)["namespaces"]
     first = {r["name"]: r["ipv6"] for r in rows}
     assert len(set(first.values())) == 20 and not any(r["ipv4"] for r in rows)
     for r in rows:
         address = ipaddress.IPv6Interface(r["ipv6"])
-        assert address.network.prefixlen == 128 and dhcpv6.dhcdp_first <= address.ip <= dhcpv6.dhcdp_last, r
-        assert r["dhcdp_alive"] and r["lease6_expires"]
+        assert address.network.prefixlen == 128 and dhcpv6.dhcp6_first <= address.ip <= dhcpv6.dhcp6_last, r
+        assert r["dhcp6_alive"] and r["lease6_expires"]
     duids = {line.split()[4] for line in v6_leases(dhcpv6)}
     assert duids == {"00:03:00:01:" + r["mac"] for r in rows}  # DUID-LL (type 3, Ethernet) of each MAC
     for ns in ours(dp):
-        assert reaches(ns, str(dhcpv6.lan_idp), dhcpv6.port), ns
+        assert reaches(ns, str(dhcpv6.lan_ip6), dhcpv6.port), ns
     multiip("down", "--prefix", dp, "--yes", netns=dhcpv6.host_ns)
     assert v6_leases(dhcpv6) == []  # every lease released
     multiip(*args, netns=dhcpv6.host_ns)
@@ -177,7 +177,7 @@ def test_static_ipv6_addresses_in_namespaces(slaac: labmod.Lab, sp: str) -> None
         globals_ = [a["local"] for x in ip_json("-6", "address", "show", "scope", "global", netns=ns)
                     for a in x.get("addr_info", [])]  # fmt: skip
         assert len(globals_) == 1, globals_  # no SLAAC address beside the static one
-        assert reaches(ns, str(slaac.lan_isp), slaac.port)
+        assert reaches(ns, str(slaac.lan_ip6), slaac.port)
     multiip("down", "--prefix", sp, "--yes", netns=slaac.host_ns)
 
 
@@ -186,7 +186,7 @@ def test_alias_takes_a_block_as_its_addresses(slaac: labmod.Lab, sp: str) -> Non
     (IPv6 after DAD); hold holds from every one; down removes exactly them."""
     uplink = uplink_state(slaac.host_ns)
     for block, count, server in (("198.18.0.32/28", None, f"{slaac.lan_ip}:{slaac.port}"),
-                                 ("2001:db8:100:0:1::/80", "8", f"[{slaac.lan_isp}]:{slaac.port}")):  # fmt: skip
+                                 ("2001:db8:100:0:1::/80", "8", f"[{slaac.lan_ip6}]:{slaac.port}")):  # fmt: skip
         args = ["run", "--mode", "alias", "--prefix", sp, "--addresses", block, *(["--count", count] if count else [])]
         multiip(*args, "--yes", netns=slaac.host_ns)
         rows = status(sp, slaac.host_ns)["namespaces"]
@@ -208,12 +208,12 @@ def test_alias_local_route_makes_a_routed_block_the_hosts(slaac: labmod.Lab, sp:
     a delegated prefix) becomes the host's by one local route, on no interface; IPv6 binds of it need
     net.ipv6.ip_nonlocal_bind, which the setup turns on and down puts back; hold holds from its addresses."""
     nonlocal_bind = "/proc/sys/net/ipv6/ip_nonlocal_bind"
-    routes = [("198.19.128.0/28", str(slaac.host_ip)), ("2001:db8:7::/80", str(slaac.host_isp))]
+    routes = [("198.19.128.0/28", str(slaac.host_ip)), ("2001:db8:7::/80", str(slaac.host_ip6))]
     for block, via in routes:
         sh("ip", "route", "add", block, "via", via, netns=slaac.lan_ns)
     try:
         before = host_state(slaac.host_ns, sp)
-        for (block, _), server in zip(routes, (f"{slaac.lan_ip}:{slaac.port}", f"[{slaac.lan_isp}]:{slaac.port}"),
+        for (block, _), server in zip(routes, (f"{slaac.lan_ip}:{slaac.port}", f"[{slaac.lan_ip6}]:{slaac.port}"),
                                       strict=True):  # fmt: skip
             count = ["--count", "32"] if ":" in block else []
             multiip("run", "--mode", "alias", "--prefix", sp, "--addresses", block, *count, "--local-route", "--yes",
