@@ -4,6 +4,7 @@ the machine itself they are deselected, never skipped. The same lab, multiip and
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -96,6 +97,33 @@ def test_ipvlan_with_a_dhcp_server_that_ignores_client_ids_never_takes_the_hosts
         assert reaches(the_lab.host_ns, str(the_lab.lan_ip), the_lab.port)
         multiip("down", "--prefix", prefix, "--yes", netns=the_lab.host_ns)
         assert uplink_state(the_lab.host_ns) == before and leases.count(str(the_lab.host_ip)) == 1
+
+
+def test_ipvlan_gets_stable_privacy_ipv6_addresses_of_its_own(prefix: str) -> None:
+    """ipvlan's links share the uplink's MAC, so EUI-64 addresses would collide: each namespace's SLAAC
+    address is a stable-privacy one (RFC 7217) from a secret of its own, different in each, the same after a
+    down and a run again, and reaches the LAN's IPv6 sink."""
+    with running_lab(name=prefix + "6", ipv6="slaac", host_by="client-id", leases=64, capacity=2000) as the_lab:
+        before = host_state(the_lab.host_ns, prefix)
+        args = ["run", "--mode", "ipvlan", "--prefix", prefix, "--count", "4", "--family", "6", "--yes"]
+        multiip(*args, netns=the_lab.host_ns)
+
+        def addresses() -> dict[str, str]:
+            st = json.loads(multiip("status", "--prefix", prefix, "--json", netns=the_lab.host_ns).stdout)
+            return {r["name"]: r["ipv6"] for r in st["namespaces"]}
+
+        first = addresses()
+        assert len(set(first.values())) == 4 and all(first.values()), first
+        mac = ip_json("link", "show", "dev", "eth0", netns=the_lab.host_ns)[0]["address"]
+        tail = int(mac.replace(":", "")[6:], 16)  # an EUI-64 address ends in the MAC's last 3 bytes
+        assert not any(int(ipaddress.IPv6Interface(a).ip) & 0xFFFFFF == tail for a in first.values()), first
+        for ns in ours(prefix):
+            assert reaches(ns, str(the_lab.lan_ip6), the_lab.port)
+        multiip("down", "--prefix", prefix, "--yes", netns=the_lab.host_ns)
+        multiip(*args, netns=the_lab.host_ns)
+        assert addresses() == first
+        multiip("down", "--prefix", prefix, "--yes", netns=the_lab.host_ns)
+        assert leftovers(prefix, the_lab.host_ns) == [] and host_state(the_lab.host_ns, prefix) == before
 
 
 @pytest.mark.parametrize("mode", ["bridge", "macvlan", "ipvlan"])
