@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from multiip import execute, options, state
@@ -257,6 +258,7 @@ def hold(
     on_hold: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Ramp up, hold for ``duration`` seconds (None: until Ctrl-C), close everything; the result as a dict.
+    Ctrl-C or SIGTERM (a service manager's stop, ``timeout``) ends it early, with the result all the same.
 
     ``bind=False`` connects without bind (the kernel's port search); ``on_hold`` runs once the ramp is over
     (the benchmark measures memory there)."""
@@ -270,6 +272,7 @@ def hold(
     peak = 0
     hold_until: float | None = None
     interrupted = False
+    on_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         for share in shares:
             for ports in share.workers:
@@ -282,10 +285,10 @@ def hold(
         while True:
             try:
                 _pump(sel)
+                now = time.monotonic()
             except KeyboardInterrupt:
                 interrupted = True
                 break
-            now = time.monotonic()
             est = sum(w.last.get("est", 0) for w in workers)
             peak = max(peak, est)
             fatal = next((w for w in workers if "fatal" in w.last), None)
@@ -307,11 +310,16 @@ def hold(
             rate_now = (est - last_est) / (now - last_t) if now > last_t else 0.0
             if now - last_t >= 0.5:
                 last_est, last_t = est, now
-            progress(est, total, max(rate_now, 0.0), "ramp" if ramp_seconds is None else "hold")
+            try:
+                progress(est, total, max(rate_now, 0.0), "ramp" if ramp_seconds is None else "hold")
+            except KeyboardInterrupt:
+                interrupted = True
+                break
             if hold_until is not None and now >= hold_until:
                 break
     finally:
         finals = _stop_all(workers, sel)
+        signal.signal(signal.SIGTERM, on_term)
     failed: Counter[str] = Counter()
     per_ns: dict[str, dict[str, Any]] = {}  # by source IP: one per namespace, or per address with --mode alias
     for w in workers:
@@ -335,6 +343,11 @@ def hold(
         "interrupted": interrupted,
         "namespaces": list(per_ns.values()),
     }
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM ends a hold as Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 def _pump(sel: selectors.BaseSelector, timeout: float = 0.2) -> None:

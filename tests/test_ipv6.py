@@ -114,7 +114,7 @@ def test_hold_opens_4_full_addresses_to_one_ipv6_ip_port_and_ipv4_beside_it(slaa
     ports still held, over IPv4 to the sink's IPv4 address too: the two families' ports are apart."""
     multiip("run", "--mode", "macvlan", "--prefix", sp, "--count", "4", "--family", "dual", "--yes",
             netns=slaac.host_ns)  # fmt: skip
-    v6 = subprocess.Popen(  # held until told to stop (Ctrl-C), bounded by --duration
+    v6 = subprocess.Popen(  # held until told to stop (SIGTERM, as Ctrl-C), bounded by --duration
         [*within(slaac.host_ns), sys.executable, "-m", "multiip", "hold", f"[{slaac.lan_ip6}]:{slaac.port}",
          "--prefix", sp, "--duration", "900", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -132,8 +132,12 @@ def test_hold_opens_4_full_addresses_to_one_ipv6_ip_port_and_ipv4_beside_it(slaa
                                   "--duration", "0", "--json").stdout)  # fmt: skip
         assert held["established"] == held["target"] == 4 * 2000
     finally:
-        v6.send_signal(signal.SIGINT)
-        out, err = v6.communicate(timeout=300)
+        v6.send_signal(signal.SIGTERM)
+        try:
+            out, err = v6.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            v6.kill()
+            raise
     result = json.loads(out)
     assert result["established"] == result["target"] == 4 * FULL, err[-2000:]
     multiip("down", "--prefix", sp, "--yes", netns=slaac.host_ns)
