@@ -41,8 +41,8 @@ def sysctls(wanted: dict[str, int]) -> Iterator[dict[str, int]]:
 
 
 @contextlib.contextmanager
-def lab_up(name: str, leases: int, capacity: int) -> Iterator[lab.Lab]:
-    the_lab = lab.make_lab(name=name, leases=leases, capacity=capacity)
+def lab_up(name: str, leases: int, capacity: int, **settings: Any) -> Iterator[lab.Lab]:
+    the_lab = lab.make_lab(name=name, leases=leases, capacity=capacity, **settings)
     execute.run_script(lab.up_script(the_lab), show)
     try:
         yield the_lab

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).parent.parent / "tests"))  # the tests' helpers and shared fixtures
 
 import clients
+import ipv6
 import million
 import modes
 import modes_kernel
@@ -21,6 +22,7 @@ BENCHMARKS = {
     "modes-test-kernel": modes_kernel.main,
     "million": million.main,
     "clients": clients.main,
+    "ipv6": ipv6.main,
 }
 
 if __name__ == "__main__":
