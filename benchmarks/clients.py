@@ -58,7 +58,7 @@ def main() -> dict[str, Any]:
             out, _ = client.communicate()
             rates = [float(m) for m in re.findall(r"\| Requests/sec:\s+([\d.]+)", out)]
             time.sleep(5)  # wrk's connections closed: the server starts from none
-            locust = run_locust(the_lab, plan.target.prefix, LOCUST_USERS, 4000, Path(tmp), hold_for=LOCUST_HOLD)
+            locust = run_locust(the_lab, [plan.target.prefix], LOCUST_USERS, 4000, Path(tmp), hold_for=LOCUST_HOLD)
         finally:
             execute.run_script(render.teardown_script(plan.target), show, within=lab.enter(the_lab, []))
     stats = {(x["method"], x["name"]): x for x in locust["stats"]}

@@ -583,6 +583,13 @@ def lab_up(
             "of 2001:db8:100::/64 for SLAAC) or dhcpv6 (advertisements saying: addresses by DHCPv6, from dnsmasq)."
         ),
     ] = "none",
+    hosts: Annotated[
+        int,
+        typer.Option(
+            help="Load hosts on the LAN: the lab's host (NAME-host) and more with static addresses (NAME-host2: "
+            "198.18.0.11, ...), each with its own eth0, for setups on several hosts (lab exec --host N)."
+        ),
+    ] = 1,
 ) -> None:
     """Bring up the lab: LAN namespace (dnsmasq, TCP sink, routers) and host namespace (uplink eth0), the host
     with a mount namespace of its own for its network manager.
@@ -592,8 +599,9 @@ def lab_up(
     from multiip import lab
 
     the_lab = lab.make_lab(
-        name, port, leases, capacity, manager, cloud, mtu, server, critical, client_id, host_by, ignore_client_ids, ipv6
-    )
+        name, port, leases, capacity, manager, cloud, mtu, server, critical, client_id, host_by, ignore_client_ids,
+        ipv6, hosts,
+    )  # fmt: skip
     _need_root("lab up")
     _run(lab.up_script(the_lab), f"multiip: lab {name} up", f"`multiip lab down --name {name}` removes it")
 
@@ -615,6 +623,7 @@ def lab_down(name: LabName = "mlab") -> None:
 def lab_exec(
     command: Annotated[list[str], typer.Argument(help="Command to run with the lab host's network.")],
     name: LabName = "mlab",
+    host: Annotated[int, typer.Option(help="Which of the lab's hosts (lab up --hosts): 1 is its first.")] = 1,
 ) -> None:
     """Run COMMAND as the lab host: in its network namespace and its mount namespace (where its manager's
     D-Bus and /run are), nothing else of the machine's changed.
@@ -625,7 +634,9 @@ def lab_exec(
 
     the_lab = lab.make_lab(name)
     lab.require_up(the_lab)
-    execute.replace_process(lab.enter(the_lab, command))
+    if host != 1 and not os.path.exists(f"/run/netns/{the_lab.host_ns_of(host)}"):
+        raise MultiipError(f"lab {name} has no host {host}: multiip lab up --name {name} --hosts {max(host, 2)}")
+    execute.replace_process(lab.enter(the_lab, command, host))
 
 
 @lab_app.command("status")

@@ -48,6 +48,7 @@ class Lab:
     host_by: str = "mac"  # how the DHCP server knows the host: its MAC, or its client id (ipvlan's share the MAC)
     ignore_client_ids: bool = False  # the DHCP server tells clients apart by MAC only (dnsmasq --dhcp-ignore-clid)
     ipv6: str = "none"  # the LAN's IPv6 for hosts (IPV6): router advertisements for SLAAC, or for DHCPv6
+    hosts: int = 1  # load hosts on the LAN: the first as below, the others NAME-host2... with static addresses
 
     @property
     def lan_ns(self) -> str:
@@ -67,8 +68,22 @@ class Lab:
 
     @property
     def lan_dev(self) -> str:
-        """The LAN's interface: its end of the wire, or with ``cloud`` the bridge it is a port of (the filter)."""
-        return "lanbr" if self.cloud else "lan0"
+        """The LAN's interface: its end of the wire, or the bridge of its ends (``cloud``: where the filter is;
+        more ``hosts``: one wire each)."""
+        return "lanbr" if self.cloud or self.hosts > 1 else "lan0"
+
+    def host_ns_of(self, i: int) -> str:
+        """Host i's network namespace (1: the lab's host)."""
+        return self.host_ns if i == 1 else f"{self.host_ns}{i}"
+
+    def host_ip_of(self, i: int) -> ipaddress.IPv4Address:
+        return self.host_ip if i == 1 else NETWORK[9 + i]  # 198.18.0.11 on: clear of .3 (router) and .9 (--server)
+
+    def host_ip6_of(self, i: int) -> ipaddress.IPv6Address:
+        return self.host_ip6 if i == 1 else self.lan_ip6 + 9 + i
+
+    def host_mac_of(self, i: int) -> str:
+        return self.host_mac if i == 1 else f"02:00:c6:12:00:{9 + i:02x}"
 
     @property
     def second_router(self) -> ipaddress.IPv4Address:
@@ -152,6 +167,7 @@ HOST_BY = ("mac", "client-id")  # how the lab's DHCP server knows its host (the 
 IPV6 = ("none", "slaac", "dhcpv6")  # the LAN's router advertisements: none, a prefix for SLAAC, "ask DHCPv6"
 
 
+MAX_HOSTS = 4  # load hosts on one lab LAN
 MAX_ASSIGNED = 200  # below the DHCP pool (from NETWORK[256]); clouds assign a few dozen per NIC at most
 
 
@@ -169,6 +185,7 @@ def make_lab(
     host_by: str = "mac",
     ignore_client_ids: bool = False,
     ipv6: str = "none",
+    hosts: int = 1,
 ) -> Lab:
     options.name(name, "--name", max_len=10)
     if manager not in MANAGERS:
@@ -179,6 +196,10 @@ def make_lab(
         raise MultiipError(f"--client-id {client_id!r}: mac or duid, with --manager NetworkManager")
     if host_by not in HOST_BY:
         raise MultiipError(f"--host-by {host_by!r}: choose one of {', '.join(HOST_BY)}")
+    if not 1 <= hosts <= MAX_HOSTS:
+        raise MultiipError(f"--hosts {hosts}: give 1..{MAX_HOSTS}")
+    if hosts > 1 and cloud:
+        raise MultiipError("--hosts puts more hosts on an ordinary LAN: not with --cloud (one instance's LAN)")
     if ipv6 not in IPV6:
         raise MultiipError(f"--ipv6 {ipv6!r}: choose one of {', '.join(IPV6)}")
     if ipv6 != "none" and cloud:
@@ -196,6 +217,7 @@ def make_lab(
     return Lab(
         name=name, port=port, leases=leases, capacity=capacity, manager=manager, cloud=cloud, mtu=mtu, server=server,
         critical=critical, client_id=client_id, host_by=host_by, ignore_client_ids=ignore_client_ids, ipv6=ipv6,
+        hosts=hosts,
     )  # fmt: skip
 
 
@@ -207,8 +229,11 @@ def down_script(lab: Lab) -> str:
     return render.render("lab_down.sh.j2", lab=lab)
 
 
-def enter(lab: Lab, argv: Sequence[str]) -> list[str]:
-    """argv run as the lab host: in its network namespace and, while it is up, its mount namespace."""
+def enter(lab: Lab, argv: Sequence[str], host: int = 1) -> list[str]:
+    """argv run as the lab host: in its network namespace and, while it is up, its mount namespace (the
+    other hosts have no manager: their network namespace)."""
+    if host != 1:
+        return execute.in_netns(lab.host_ns_of(host), argv)
     try:
         pid = int(lab.holder_pid_file.read_text().split()[0])
         inode = Path(f"/proc/{pid}/ns/net").stat().st_ino

@@ -12,12 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import multiip, ours, processes, within
+from conftest import unique
+from helpers import leftovers, multiip, ours, processes, running_lab, within
 
 from multiip import lab as labmod
 
@@ -217,20 +219,29 @@ def locust_counts(csv: Path) -> dict[tuple[str, str], tuple[int, int]]:
     return {(r["Type"], r["Name"]): (int(r["Request Count"]), int(r["Failure Count"])) for r in rows if r["Type"]}
 
 
+def established_from(netns: str, port: int) -> Counter[str]:
+    """The connections established to the server's port, by source address."""
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "ss", "-Htn", "state", "established",
+                          f"( sport = :{port} )"], capture_output=True, text=True).stdout  # fmt: skip
+    return Counter(line.split()[-1].rsplit(":", 1)[0] for line in out.splitlines())
+
+
 def run_locust(
-    lab: labmod.Lab, prefix: str, users: int, rate: int, logs: Path, hold_for: float = 0.0, limit: float = 600.0
-) -> dict[str, Any]:
-    """Locust distributed as the README says: the master on the (lab) host, one worker in every namespace of
-    the setup through `multiip exec --all`, users that each keep a connection to nginx on the lab's LAN.
-    It runs until Locust's own statistics count every user's connect and first request (then ``hold_for``
-    seconds more), at most ``limit`` seconds: no fixed time raced against the machine's speed. Returns
-    Locust's final stats, what it logged, the server's peak of established connections and the seconds
-    from `multiip exec --all` to every worker connected, to every user spawned and to every connect."""
-    host, n = str(lab.host_ip), len(ours(prefix))
+    lab: labmod.Lab, prefixes: list[str], users: int, rate: int, logs: Path, hold_for: float = 0.0,
+    limit: float = 600.0, master_host: int = 1,
+) -> dict[str, Any]:  # fmt: skip
+    """Locust distributed as the README says: the master on a (lab) host, one worker in every namespace of
+    each setup through `multiip exec --all` (one exec per setup: per load host), users that each keep a
+    connection to nginx on the lab's LAN. It runs until Locust's own statistics count every user's connect
+    and first request (then ``hold_for`` seconds more), at most ``limit`` seconds: no fixed time raced
+    against the machine's speed. Returns Locust's final stats, what it logged, the server's peak of
+    established connections (and, then, how many came from each address) and the seconds from the last
+    `multiip exec --all` to every worker connected, to every user spawned and to every connect."""
+    host, n = str(lab.host_ip_of(master_host)), sum(len(ours(p)) for p in prefixes)
     master_log = logs / "locust-master.log"
     with master_log.open("w") as err:
         master = subprocess.Popen(
-            [*within(lab.host_ns), sys.executable, "-m", "locust", "-f",
+            [*within(lab.host_ns_of(master_host)), sys.executable, "-m", "locust", "-f",
              str(LOCUSTFILE), "--master", "--master-bind-host", host, "--headless", "-u", str(users), "-r", str(rate),
              "--expect-workers", str(n), "--expect-workers-max-wait", "120", "--run-time", f"{int(limit)}s",
              "--host", f"http://{lab.lan_ip}:8080", "--json", "--csv", str(logs / "locust"), "--stop-timeout", "5"],
@@ -238,16 +249,20 @@ def run_locust(
             # on 2 busy cores the workers' last counts can come later than Locust's default 1 s allows
             env={**os.environ, "LOCUST_WAIT_FOR_WORKERS_REPORT_AFTER_RAMP_UP": "15"},
         )  # fmt: skip
-    t0 = time.monotonic()
-    workers = subprocess.Popen(
-        [sys.executable, "-m", "multiip", "exec", "--prefix", prefix, "--all", "--json", "--output", str(logs), "--",
-         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", host],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    most, connected, spawned, every, stop_at = 0, None, None, None, t0 + limit
+    workers = []
+    for p in prefixes:
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "multiip", "exec", "--prefix", p, "--all", "--json", "--output", str(logs / p), "--",
+             sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--worker", "--master-host", host],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))  # fmt: skip
+    t0 = time.monotonic()  # the last exec started
+    most, split, connected, spawned, every, stop_at = 0, Counter[str](), None, None, None, t0 + limit
     try:
         while master.poll() is None and time.monotonic() < stop_at:
-            most = max(most, established(lab.lan_ns, 8080))
+            now = established_from(lab.lan_ns, 8080)
+            if now.total() > most:
+                most, split = now.total(), now
             text = master_log.read_text()
             if connected is None and f"{n} workers connected" in text:
                 connected = round(time.monotonic() - t0, 2)
@@ -261,9 +276,9 @@ def run_locust(
             time.sleep(0.5)
         master.send_signal(signal.SIGTERM)  # Locust's own shutdown: final statistics as JSON on stdout
         out, _ = master.communicate(timeout=120)
-        w_out, w_err = workers.communicate(timeout=120)
+        ended = [w.communicate(timeout=120) for w in workers]
     finally:
-        for proc in (master, workers):
+        for proc in (master, *workers):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
                 proc.wait(timeout=60)
@@ -271,14 +286,27 @@ def run_locust(
         "stats": json.loads(out) if out.strip() else [],
         "log": master_log.read_text().splitlines(),
         "master_exit": master.returncode,
-        "workers": json.loads(w_out) if w_out.strip() else [],
-        "workers_exit": workers.returncode,
-        "workers_err": w_err,
+        "workers": [json.loads(w_out) if w_out.strip() else [] for w_out, _ in ended],
+        "workers_exit": max(w.returncode for w in workers),
+        "workers_err": "".join(w_err for _, w_err in ended),
         "server_held_at_once": most,
+        "server_held_by_source": dict(split),
         "seconds_to_every_worker": connected,
         "seconds_to_every_user": spawned,
         "seconds_to_every_connect": every,
     }
+
+
+def assert_locust_counted(run: dict[str, Any], users: int) -> None:
+    """Locust's own statistics: every user's connect, without a failure, and its first request."""
+    said = "\n".join(run["log"][-20:]) + run["workers_err"]
+    assert run["master_exit"] == 0 and run["workers_exit"] == 0, said
+    by_name = {(s["method"], s["name"]): s for s in run["stats"]}
+    connects = by_name[("CONNECT", "connect")]
+    assert connects["num_requests"] == users and connects["num_failures"] == 0
+    assert by_name[("GET", "keep-alive /")]["num_requests"] >= users
+    assert any("All users spawned" in line and f"{users} total users" in line for line in run["log"])
+    assert run["server_held_at_once"] > 64512, run["server_held_at_once"]
 
 
 @pytest.mark.skipif(not shutil.which("nginx", path="/usr/sbin:/sbin"), reason="needs nginx")
@@ -291,14 +319,40 @@ def test_locust_distributed_over_the_namespaces_holds_more_than_one_ip_can(lab: 
     with nginx_on_the_lan(lab, tmp_path):
         multiip("run", "--prefix", prefix, "--count", "4", "--yes", netns=lab.host_ns)
         try:
-            run = run_locust(lab, prefix, users=68_000, rate=4000, logs=tmp_path)
-            said = "\n".join(run["log"][-20:]) + run["workers_err"]
-            assert run["master_exit"] == 0 and run["workers_exit"] == 0, said
-            by_name = {(s["method"], s["name"]): s for s in run["stats"]}
-            connects = by_name[("CONNECT", "connect")]
-            assert connects["num_requests"] == 68_000 and connects["num_failures"] == 0
-            assert by_name[("GET", "keep-alive /")]["num_requests"] >= 68_000
-            assert any("All users spawned" in line and "68000 total users" in line for line in run["log"])
-            assert run["server_held_at_once"] > 64512, run["server_held_at_once"]
+            run = run_locust(lab, [prefix], users=68_000, rate=4000, logs=tmp_path)
+            assert_locust_counted(run, 68_000)
         finally:
             multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+
+
+@pytest.mark.skipif(not shutil.which("nginx", path="/usr/sbin:/sbin"), reason="needs nginx")
+def test_locust_workers_of_two_load_hosts_join_one_master(tmp_path: Path) -> None:
+    """The README's several load hosts: a lab LAN with three hosts; the first two each make a setup of 2
+    namespaces (`multiip run` on each), the third runs the Locust master; each load host starts a worker
+    per namespace with `exec --all`. Locust counts 68,000 connects to one nginx ip:port from both hosts
+    (the server more than 64,512 at once, from each host's addresses a share); both setups go leaving
+    nothing."""
+    with running_lab(check_down=False, name=unique("mh"), hosts=3, leases=64, capacity=100) as the_lab:
+        prefixes = {1: unique("a"), 2: unique("b")}
+        with nginx_on_the_lan(the_lab, tmp_path):
+            for host, prefix in prefixes.items():
+                multiip("run", "--prefix", prefix, "--count", "2", "--yes", netns=the_lab.host_ns_of(host))
+            try:
+                run = run_locust(the_lab, list(prefixes.values()), users=68_000, rate=4000, logs=tmp_path,
+                                 master_host=3)  # fmt: skip
+                assert_locust_counted(run, 68_000)
+                shares = {}
+                for host, prefix in prefixes.items():
+                    rows = json.loads(multiip("status", "--prefix", prefix, "--json").stdout)["namespaces"]
+                    ips = {r["ipv4"].split("/")[0] for r in rows}
+                    shares[host] = sum(n for ip, n in run["server_held_by_source"].items() if ip in ips)
+                assert all(share > 0 for share in shares.values()), shares
+                assert sum(shares.values()) == run["server_held_at_once"] > 64512, (shares, run["server_held_at_once"])
+                print(f"two load hosts: {shares} held at once; from the last exec: every worker "
+                      f"{run['seconds_to_every_worker']} s, every user {run['seconds_to_every_user']} s, every "
+                      f"connect {run['seconds_to_every_connect']} s")  # fmt: skip
+            finally:
+                for host, prefix in prefixes.items():
+                    multiip("down", "--prefix", prefix, "--yes", netns=the_lab.host_ns_of(host))
+        for host, prefix in prefixes.items():
+            assert leftovers(prefix, the_lab.host_ns_of(host)) == []

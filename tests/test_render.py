@@ -60,6 +60,8 @@ SCRIPTS = {
     "lab-up-cloud": lambda: lab.up_script(lab.make_lab(cloud=4)),
     "lab-up-networkd": lambda: lab.up_script(lab.make_lab(manager="systemd-networkd", server=True, critical=True)),
     "lab-up-nm": lambda: lab.up_script(lab.make_lab(manager="NetworkManager", client_id="duid", mtu=1400)),
+    "lab-up-hosts-slaac": lambda: lab.up_script(lab.make_lab(hosts=3, ipv6="slaac")),
+    "lab-up-dhcpv6": lambda: lab.up_script(lab.make_lab(ipv6="dhcpv6")),
     "lab-down": lambda: lab.down_script(lab.make_lab()),
 }
 

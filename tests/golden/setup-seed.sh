@@ -89,9 +89,12 @@ safe_dir() {  # $1: a state directory, made 0700 if missing; refused if it is a 
 
 # The setup's record, written by the setup before it changes anything, read by the teardown and by multiip:
 #   $STATE/setup.env   KEY=VALUE: PREFIX MODE NETNS BRIDGE (- without one) BRIDGE_STATE BRIDGE_MADE UPLINK DHCP
-#                      COUNT MANAGER MTU
-#   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none)
+#                      COUNT MANAGER MTU FAMILY (4, 6, dual) DHCP6 (dhclient, - for none); alias: LABEL,
+#                      LOCAL_ROUTE (the block its local route makes the host's)
+#   $STATE/namespaces  one line per namespace: NAME INSIDE PORT PIDFILE LEASEFILE ("-": none); the DHCPv6
+#                      client's are NAME.pid6 and NAME.leases6
 #   $STATE/addresses   the static addresses, one A/LEN per line (in namespaces, or on the uplink: alias)
+#   $STATE/nonlocal-bind  alias, an IPv6 block's local route: net.ipv6.ip_nonlocal_bind before the setup
 # --mode bridge: the uplink's move belongs to the bridge, shared by the setups on it; the last to go
 # gives it back. Its record, $BRIDGE_STATE (/run/multiip/.bridge-BRIDGE-NETNS, named in setup.env): carry (what the uplink carried: _uplink.sh.j2), uplink, made (1: a
 # setup made the bridge), manager (and manager.client, manager.connection, client-id), moved (the move
@@ -544,6 +547,15 @@ stop_renewer() {  # the client of ours that renews the host's lease on the bridg
   for ((w = 0; w < 100; w++)); do alive "$PID" || return 0; sleep 0.1; done
   kill -KILL "$PID" 2>/dev/null || true
 }
+# IPv6 addresses moved to another device go through duplicate-address detection there again, unusable
+# ("tentative") for a second: up to 5 s for them (the host had them on this link: they pass).
+wait_dad() {  # $1 device
+  local w
+  for ((w = 0; w < 50; w++)); do
+    [[ $(ip -6 -o address show dev "$1" 2>/dev/null) == *" tentative "* ]] || return 0
+    sleep 0.1
+  done
+}
 # The uplink out of the bridge, with everything the description gives it, in one `ip -batch` that goes
 # on past any error (so the host is without its address for as short a time as possible); then the move
 # is over. Without the bridge's record (it was deleted) the description is what the bridge carries now.
@@ -558,6 +570,7 @@ restore_uplink() {
   apply_carry
   rm -f "$BRIDGE_STATE/moved"
   [[ -z $(link_master "$UPLINK") ]] || PROBLEMS+=("$UPLINK is still a port of $BRIDGE: ip link set dev $UPLINK nomaster")
+  wait_dad "$UPLINK"
 }
 # What the uplink carried and lacks now, added; then what it still lacks is a problem. With a manager,
 # its DHCP lease is its own to renew: an old lease's address is not put back (only, when the manager has
@@ -1093,6 +1106,7 @@ if [[ ! -e $BRIDGE_STATE/moved || $(link_master "$UPLINK") != "$BRIDGE" ]]; then
   say "moving $UPLINK into $BRIDGE with everything it carries (one ip -batch)"
   ip -batch - <<<"link set dev $UPLINK master $BRIDGE"$'\n'"$CARRY""link set dev $UPLINK up"
   [[ -z $CARRY6 ]] || ip -6 -batch - <<<"$CARRY6"
+  wait_dad "$BRIDGE"
   say "$UPLINK is in $BRIDGE, which carries its addresses, routes and rules"
   case $MANAGER in NetworkManager | systemd-networkd)  # they took router advertisements for the uplink themselves
     if [[ $(cat "/proc/sys/net/ipv6/conf/$BRIDGE/forwarding" 2>/dev/null) == 0 ]]; then
