@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 DEBS = iproute2 bridge-utils isc-dhcp-client udhcpc dhcpcd-base dnsmasq-base shellcheck util-linux procps \
        network-manager dbus-daemon systemd nginx-light wrk nftables iputils-arping python3 python3-venv \
        user-mode-linux kmod
+# what `make bench` compares multiip with: CNI's bridge plugin, a C client (gcc)
+BENCH_DEBS = containernetworking-plugins gcc libc6-dev
 export PATH := $(PATH):/usr/sbin:/sbin
 # Root for what changes namespaces and installs packages: nothing as root, sudo as anyone else.
 ifeq ($(shell id -u),0)
@@ -21,7 +23,7 @@ endif
 .PHONY: deps install lint test demo bench golden clean
 
 deps:  ## the Debian packages the tool, the lab and the tests call
-	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEBS) $(EXTRA_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then $(AS_ROOT) apt-get update -q && \
 	  $(AS_ROOT) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
 
@@ -42,6 +44,7 @@ test: deps install lint  ## everything, the lab tests as root (CI requires them)
 demo: deps install  ## a lab, a setup inside it, the status table, N x 64,512 connections, teardown
 	$(AS_ROOT) $(PY) -m multiip demo
 
+bench: EXTRA_DEBS = $(BENCH_DEBS)
 bench: deps install  ## benchmarks/results/*.json (as root; several minutes)
 	$(AS_ROOT) $(PY) benchmarks/run.py
 

@@ -14,6 +14,7 @@ import ipv6
 import million
 import modes
 import modes_kernel
+import peers
 import scale
 
 BENCHMARKS = {
@@ -23,6 +24,7 @@ BENCHMARKS = {
     "million": million.main,
     "clients": clients.main,
     "ipv6": ipv6.main,
+    "peers": peers.main,
 }
 
 if __name__ == "__main__":
