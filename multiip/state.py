@@ -177,11 +177,12 @@ def decode_probe(member: Member, out: str) -> NamespaceStatus:
     return st
 
 
-def lease_expiry(client: str, text: str) -> str | None:
-    """When a lease file's last lease expires (ISO 8601, UTC), for the clients whose files say so."""
+def lease_expiry(client: str, text: str, written: float | None = None) -> str | None:
+    """When a lease file's last lease expires (ISO 8601, UTC), for the clients whose files say so; written:
+    when the file was (udhcpc's: our event script writes it as it gets the lease, its lease= seconds on)."""
     if client == "udhcpc":  # our event script's KEY=VALUE lines
-        m = re.search(r"^expires=(\d+)$", text, re.M)
-        return datetime.fromtimestamp(int(m[1]), UTC).isoformat() if m else None
+        m = re.search(r"^lease=(\d+)$", text, re.M)
+        return datetime.fromtimestamp(written + int(m[1]), UTC).isoformat() if m and written else None
     if client == "dhclient":
         found = re.findall(r"expire \d+ (\d+/\d+/\d+ \d+:\d+:\d+);", text)
         if found:
@@ -220,8 +221,9 @@ def namespace_status(member: Member, client: str | None, dhcp6: Path | None = No
         if member.pidfile:
             st.dhcp_pid, st.dhcp_alive = _pid(member.pidfile, client)
         if member.leasefile:
+            lease = Path(member.leasefile)
             try:
-                st.lease_expires = lease_expiry(client, Path(member.leasefile).read_text(errors="replace"))
+                st.lease_expires = lease_expiry(client, lease.read_text(errors="replace"), lease.stat().st_mtime)
             except OSError:
                 st.lease_expires = None
     return st

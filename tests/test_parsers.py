@@ -85,8 +85,12 @@ def test_decode_probe() -> None:
 
 
 def test_lease_expiry() -> None:
-    assert state.lease_expiry("udhcpc", "ipv4=198.18.1.2/15\nexpires=1800000000\n") == "2027-01-15T08:00:00+00:00"
+    udhcpc = "ipv4=198.18.1.2/15\nlease=43200\n"  # our event script's, written when it got the lease
+    assert state.lease_expiry("udhcpc", udhcpc, 1800000000 - 43200) == "2027-01-15T08:00:00+00:00"
     dhclient = "lease {\n  expire 4 2026/11/26 10:00:00;\n}\nlease {\n  expire 4 2026/11/26 12:00:00;\n}\n"
     assert state.lease_expiry("dhclient", dhclient) == "2026-11-26T12:00:00+00:00"
     assert state.lease_expiry("dhcpcd", "\x01\x02binary") is None
-    assert state.lease_expiry("udhcpc", "garbage") is None
+    assert state.lease_expiry("udhcpc", "garbage", 1800000000) is None
+    dhclient6 = "lease6 {\n  ia-na 16:43:00:00 {\n    iaaddr 2001:db8::1:951b {\n      starts 1800000000;\n" \
+                "      preferred-life 7200;\n      max-life 7500;\n    }\n  }\n}\n"  # fmt: skip
+    assert state.lease_expiry("dhclient6", dhclient6) == "2027-01-15T10:05:00+00:00"

@@ -190,27 +190,34 @@ client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running clien
   [[ -n $comm && $comm == "${1%6}" && /proc/$PID/ns/net -ef $netns ]] || PID=""
 }
 
+# udhcpc_command KEY INTERFACE [ADDRESS [CLIENT_ID]]: sets COMMAND, the sh command line that starts the
+# key's udhcpc in the background, in the foreground of its own session: it never blocks this script and
+# keeps trying until it has a lease. Many are started by one `sh` (its forks cost less than this shell's).
+udhcpc_command() {
+  local log=$STATE/$1.log RESOLV=/etc/netns/$1/resolv.conf script=$STATE/udhcpc.script
+  local enter="" how="-R" host="" avoid=""  # -R: a namespace's lease is released when its client stops
+  [[ $1 != host ]] || log=${BRIDGE_STATE:-}/host.log RESOLV=${BRIDGE_STATE:-}/host.resolv.conf script=${BRIDGE_STATE:-}/udhcpc.script
+  client_files udhcpc "$1" "$2"
+  # The host's own lease (key host) is never released: the address goes back to the uplink; it is
+  # asked for with the client id the uplink's manager used, so the server sees the same client.
+  if [[ $1 == host ]]; then
+    how=${3:+-r $3} host=1
+    [[ ${4:-} != - ]] || how+=" -C"  # the manager sent none: the server knows the host by its MAC
+    [[ ${4:--} == - ]] || how+=" -x 0x3d:$4"
+  else
+    enter="nsenter --net=/run/netns/$1"
+  fi
+  printf -v COMMAND 'MULTIIP_RESOLV=%q MULTIIP_LEASE=%q MULTIIP_HOST=%q MULTIIP_AVOID=%q setsid %s udhcpc -f -i %q -p %q -s %q %s -t 3 -T 1 -A 3 </dev/null >%q 2>&1 9>&- &' \
+    "$RESOLV" "$LEASEFILE" "$host" "$avoid" "$enter" "$2" "$PIDFILE" "$script" "$how" "$log"
+}
 dhcp_start() {  # $1 client, $2 key, $3 interface[, $4 the address to ask for[, $5 the client id to send]]
-  local log=$STATE/$2.log RESOLV=/etc/netns/$2/resolv.conf script=$STATE/udhcpc.script
-  [[ $2 != host ]] || log=${BRIDGE_STATE:-}/host.log RESOLV=${BRIDGE_STATE:-}/host.resolv.conf script=${BRIDGE_STATE:-}/udhcpc.script
+  local log=$STATE/$2.log RESOLV=/etc/netns/$2/resolv.conf
+  [[ $2 != host ]] || log=${BRIDGE_STATE:-}/host.log RESOLV=${BRIDGE_STATE:-}/host.resolv.conf
   [[ -e $RESOLV ]] || { mkdir -p "${RESOLV%/*}" && : >"$RESOLV"; }  # exists before the client starts
   client_files "$@"
   rm -f "$LEASEFILE"
   case $1 in
-    udhcpc)  # in the foreground of its own session: never blocks this script, keeps trying until it has a lease
-      local enter=() how=(-R) host="" avoid=""  # -R: a namespace's lease is released when its client stops
-      # The host's own lease (key host) is never released: the address goes back to the uplink; it is
-      # asked for with the client id the uplink's manager used, so the server sees the same client.
-      if [[ $2 == host ]]; then
-        how=(${4:+-r "$4"}) host=1
-        [[ ${5:-} != - ]] || how+=(-C)  # the manager sent none: the server knows the host by its MAC
-        [[ ${5:--} == - ]] || how+=(-x "0x3d:$5")
-      else
-        enter=(nsenter --net="/run/netns/$2")
-      fi
-      MULTIIP_RESOLV=$RESOLV MULTIIP_LEASE=$LEASEFILE MULTIIP_HOST=$host MULTIIP_AVOID=$avoid setsid "${enter[@]}" \
-        udhcpc -f -i "$3" -p "$PIDFILE" -s "$script" "${how[@]}" -t 3 -T 1 -A 3 </dev/null >"$log" 2>&1 9>&- &
-      ;;
+    udhcpc) udhcpc_command "$2" "$3" "${4:-}" "${5:-}" && sh -c "$COMMAND" ;;
     dhclient) resolv_in "$2" dhclient -4 -nw -pf "$PIDFILE" -lf "$LEASEFILE" "$3" >"$log" 2>&1 9>&- ;;
     dhcpcd) resolv_in "$2" dhcpcd -4 -b -A -C hostname "$3" >"$log" 2>&1 9>&- ;;
   esac
@@ -234,11 +241,13 @@ udhcpc_script() {  # $1 directory: udhcpc's event script there
 # ignores client ids offers to the host's MAC). Being torn down (the teardown leaves this mark): the
 # namespace goes next, nothing to undo.
 [ ! -e "${MULTIIP_LEASE%/*}/stopping" ] || exit 0
+# A namespace's client starts and binds with one `ip` each (and one mv): with a thousand of them starting
+# at once, every process here costs (the lease's time is its file's: no `date`).
 case "$1" in
   deconfig)
     [ -z "$MULTIIP_HOST" ] || exit 0
+    [ -e "$MULTIIP_LEASE" ] || exit 0  # no lease had: nothing of one to take away (the link is up already)
     ip -4 address flush dev "$interface"
-    ip link set dev "$interface" up
     rm -f "$MULTIIP_LEASE"
     ;;
   bound|renew)
@@ -247,28 +256,34 @@ case "$1" in
       kill -KILL "$PPID"  # no release either: the lease is the host's
       exit 0 ;;
     esac
-    flags=""
     if [ -n "$MULTIIP_HOST" ]; then  # the address as it is (its prefix route's metric, noprefixroute), renewed
       flags=$(ip -4 -o address show dev "$interface" to "$ip/32" | awk '{ for (i = 5; i <= NF; i++) {
         if ($i == "metric") print $i, $(i + 1); if ($i == "noprefixroute") print $i } }' | tr '\n' ' ')
-    else
-      old=$(ip -4 -o address show dev "$interface" | awk '{print $4; exit}')
-      [ "$old" = "$ip/$mask" ] || ip -4 address flush dev "$interface"
+      # shellcheck disable=SC2086 # flags: words
+      ip address replace "$ip/$mask" broadcast "${broadcast:-+}" valid_lft "${lease:-forever}" \
+        preferred_lft "${lease:-forever}" $flags dev "$interface"
+    else  # a namespace's: another address than the one it had goes first (its IPv6 stays), then the route
+      had="" flush="" route=""
+      if [ -r "$MULTIIP_LEASE" ]; then
+        while IFS='=' read -r key value; do [ "$key" != ipv4 ] || had=$value; done <"$MULTIIP_LEASE"
+      fi
+      [ "$had" = "$ip/$mask" ] || flush="address flush dev $interface"
+      [ -z "$router" ] || route="route replace default via ${router%% *} dev $interface"
+      ip -4 -batch - <<BATCH
+$flush
+address replace $ip/$mask broadcast ${broadcast:-+} valid_lft ${lease:-forever} preferred_lft ${lease:-forever} dev $interface
+$route
+BATCH
     fi
-    # shellcheck disable=SC2086 # flags: words
-    ip address replace "$ip/$mask" broadcast "${broadcast:-+}" valid_lft "${lease:-forever}" \
-      preferred_lft "${lease:-forever}" $flags dev "$interface"
-    if [ -z "$MULTIIP_HOST" ] && [ -n "$router" ]; then ip route replace default via "${router%% *}" dev "$interface"; fi
     resolv=""
     [ -z "$domain" ] || resolv="search $domain
 "
     for server in $dns; do resolv="${resolv}nameserver $server
 "; done
     printf '%s' "$resolv" >"$MULTIIP_RESOLV"  # in place: keeps the file any bind mount holds
-    now=$(date +%s)
-    printf 'ipv4=%s/%s\nrouter=%s\nserver=%s\nlease=%s\nobtained=%s\nexpires=%s\n' \
-      "$ip" "$mask" "${router%% *}" "$serverid" "$lease" "$now" "$((now + ${lease:-0}))" >"$MULTIIP_LEASE.new"
-    mv -f "$MULTIIP_LEASE.new" "$MULTIIP_LEASE"
+    printf 'ipv4=%s/%s\nrouter=%s\nserver=%s\nlease=%s\n' "$ip" "$mask" "${router%% *}" "$serverid" "$lease" \
+      >"$MULTIIP_LEASE.new"
+    mv -f "$MULTIIP_LEASE.new" "$MULTIIP_LEASE"  # its time is when it was obtained (renewed)
     ;;
   leasefail|nak) echo "udhcpc: $1 on $interface: ${message:-no lease}" >&2 ;;
 esac
@@ -1037,6 +1052,10 @@ fi
 ip link set dev "$BRIDGE" up
 
 step 4/6 "$COUNT namespaces ${PREFIX}0..${PREFIX}$((COUNT - 1)), veths ${INSIDE}N/${PORT}N on $BRIDGE, ports ${PORT_RANGE[0]}-${PORT_RANGE[1]}"
+# The namespaces' ports are isolated from one another (bridge port isolation): what one namespace sends
+# reaches the uplink and the host, never the other namespaces, so a broadcast (DHCP, ARP, IPv6's DAD,
+# router solicitations and MLD) is one copy, not one per namespace: 1000 namespaces asking DHCP at once
+# make 1000 broadcasts on the bridge, not a million.
 links_of() {  # $1 index: the veth pair, its inside end in the namespace with the stable MAC, the other on the bridge
   if [[ -z ${links[$PORT$1]:-} ]]; then
     ns_mac "$1"
@@ -1044,6 +1063,7 @@ links_of() {  # $1 index: the veth pair, its inside end in the namespace with th
     batch+="link set dev $PORT$1 alias multiip:$PREFIX:$PREFIX$1:$INSIDE$1"$'\n'
   fi
   [[ ${masters[$PORT$1]:-} == "$BRIDGE" ]] || batch+="link set dev $PORT$1 master $BRIDGE"$'\n'
+  batch+="link set dev $PORT$1 type bridge_slave isolated on"$'\n'
   batch+="link set dev $PORT$1 addrgenmode none"$'\n'"link set dev $PORT$1 up"$'\n'
 }
 make_chunk() {  # $1 first, $2 last + 1: create what is missing in one `ip -batch`, then set up the insides
@@ -1121,19 +1141,35 @@ if [[ ! -e $BRIDGE_STATE/moved || $(link_master "$UPLINK") != "$BRIDGE" ]]; then
 fi
 
 step 6/6 "DHCP: one $DHCP per namespace, in parallel${V6:+, IPv6 by SLAAC}; up to ${LEASE_TIMEOUT}s for every lease"
-started=0
+starting=()
 for ((i = 0; i < COUNT; i++)); do
   client_pid "$DHCP" "$PREFIX$i" "$INSIDE$i"
-  [[ -z $PID ]] || continue  # running already
-  if [[ $DHCP == udhcpc ]]; then
-    dhcp_start "$DHCP" "$PREFIX$i" "$INSIDE$i"  # starts it in the background itself
-  else
+  [[ -n $PID ]] || starting+=("$i")  # not running already
+done
+if [[ $DHCP == udhcpc ]]; then
+  # all at once: their resolver files, then one `sh` that starts every client (no process per client here)
+  dirs=() stale=() commands=""
+  for i in "${starting[@]}"; do
+    [[ -e /etc/netns/$PREFIX$i/resolv.conf ]] || dirs+=("/etc/netns/$PREFIX$i")
+    client_files udhcpc "$PREFIX$i" "$INSIDE$i"
+    stale+=("$LEASEFILE")
+  done
+  ((${#dirs[@]} == 0)) || mkdir -p "${dirs[@]}"
+  ((${#stale[@]} == 0)) || rm -f "${stale[@]}"
+  for i in "${starting[@]}"; do
+    [[ -e /etc/netns/$PREFIX$i/resolv.conf ]] || : >"/etc/netns/$PREFIX$i/resolv.conf"  # exists before its client starts
+    udhcpc_command "$PREFIX$i" "$INSIDE$i"
+    commands+=$COMMAND$'\n'
+  done
+  sh -e <<<"$commands"
+else
+  for i in "${starting[@]}"; do
     dhcp_start "$DHCP" "$PREFIX$i" "$INSIDE$i" &
     throttle $((4 * CORES))  # DHCP clients mostly wait: four per core
-  fi
-  started=$((started + 1))
-done
-drain
+  done
+  drain
+fi
+started=${#starting[@]}
 say "started $started DHCP clients ($((COUNT - started)) already running)"
 deadline=$((SECONDS + LEASE_TIMEOUT))
 pending=()
