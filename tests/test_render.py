@@ -243,5 +243,5 @@ def test_modes_other_than_bridge_leave_the_uplink_alone() -> None:
             assert bridge_only not in text, (mode, bridge_only)
         assert f"type {mode} mode {'bridge' if mode == 'macvlan' else 'l2'}" in text and "step 4/4" in text
     ipvlan = code(setup_script(make_plan(mode="ipvlan", count=4)))
-    assert 'how+=(-B -x "0x3d:01${MAC//:/}")' in ipvlan  # broadcast replies, a client id per namespace
+    assert 'how+=" -B -x 0x3d:01${MAC//:/}"' in ipvlan  # broadcast replies, a client id per namespace
     assert "-B -x" not in code(setup_script(make_plan(mode="macvlan", count=4)))
