@@ -191,8 +191,9 @@ client_pid() {  # $1 client, $2 key, $3 interface: sets PID to the running clien
 }
 
 # udhcpc_command KEY INTERFACE [ADDRESS [CLIENT_ID]]: sets COMMAND, the sh command line that starts the
-# key's udhcpc in the background, in the foreground of its own session: it never blocks this script and
-# keeps trying until it has a lease. Many are started by one `sh` (its forks cost less than this shell's).
+# key's udhcpc in the background, in the foreground: it never blocks this script and keeps trying until
+# it has a lease. Run by an `sh` in a session of its own (setsid sh), which many are started by at once
+# (its forks cost less than this shell's).
 udhcpc_command() {
   local log=$STATE/$1.log RESOLV=/etc/netns/$1/resolv.conf script=$STATE/udhcpc.script
   local enter="" how="-R" host="" avoid=""  # -R: a namespace's lease is released when its client stops
@@ -207,7 +208,7 @@ udhcpc_command() {
   else
     enter="nsenter --net=/run/netns/$1"
   fi
-  printf -v COMMAND 'MULTIIP_RESOLV=%q MULTIIP_LEASE=%q MULTIIP_HOST=%q MULTIIP_AVOID=%q setsid %s udhcpc -f -i %q -p %q -s %q %s -t 3 -T 1 -A 3 </dev/null >%q 2>&1 9>&- &' \
+  printf -v COMMAND 'MULTIIP_RESOLV=%q MULTIIP_LEASE=%q MULTIIP_HOST=%q MULTIIP_AVOID=%q %s udhcpc -f -i %q -p %q -s %q %s -t 3 -T 1 -A 3 </dev/null >%q 2>&1 9>&- &' \
     "$RESOLV" "$LEASEFILE" "$host" "$avoid" "$enter" "$2" "$PIDFILE" "$script" "$how" "$log"
 }
 dhcp_start() {  # $1 client, $2 key, $3 interface[, $4 the address to ask for[, $5 the client id to send]]
@@ -217,7 +218,7 @@ dhcp_start() {  # $1 client, $2 key, $3 interface[, $4 the address to ask for[, 
   client_files "$@"
   rm -f "$LEASEFILE"
   case $1 in
-    udhcpc) udhcpc_command "$2" "$3" "${4:-}" "${5:-}" && sh -c "$COMMAND" ;;
+    udhcpc) udhcpc_command "$2" "$3" "${4:-}" "${5:-}" && setsid sh -c "$COMMAND" ;;
     dhclient) resolv_in "$2" dhclient -4 -nw -pf "$PIDFILE" -lf "$LEASEFILE" "$3" >"$log" 2>&1 9>&- ;;
     dhcpcd) resolv_in "$2" dhcpcd -4 -b -A -C hostname "$3" >"$log" 2>&1 9>&- ;;
   esac
@@ -241,8 +242,8 @@ udhcpc_script() {  # $1 directory: udhcpc's event script there
 # ignores client ids offers to the host's MAC). Being torn down (the teardown leaves this mark): the
 # namespace goes next, nothing to undo.
 [ ! -e "${MULTIIP_LEASE%/*}/stopping" ] || exit 0
-# A namespace's client starts and binds with one `ip` each (and one mv): with a thousand of them starting
-# at once, every process here costs (the lease's time is its file's: no `date`).
+# A namespace's client binds with one `ip` and nothing else started: with a thousand of them starting at
+# once, every process costs (the lease's time is its file's: no `date`; written in place: no `mv`).
 case "$1" in
   deconfig)
     [ -z "$MULTIIP_HOST" ] || exit 0
@@ -281,9 +282,10 @@ BATCH
     for server in $dns; do resolv="${resolv}nameserver $server
 "; done
     printf '%s' "$resolv" >"$MULTIIP_RESOLV"  # in place: keeps the file any bind mount holds
+    # the lease, last, in one write (a reader meanwhile sees it empty: no lease yet); its time is when it
+    # was obtained (renewed)
     printf 'ipv4=%s/%s\nrouter=%s\nserver=%s\nlease=%s\n' "$ip" "$mask" "${router%% *}" "$serverid" "$lease" \
-      >"$MULTIIP_LEASE.new"
-    mv -f "$MULTIIP_LEASE.new" "$MULTIIP_LEASE"  # its time is when it was obtained (renewed)
+      >"$MULTIIP_LEASE"
     ;;
   leasefail|nak) echo "udhcpc: $1 on $interface: ${message:-no lease}" >&2 ;;
 esac
@@ -1146,9 +1148,15 @@ for ((i = 0; i < COUNT; i++)); do
   client_pid "$DHCP" "$PREFIX$i" "$INSIDE$i"
   [[ -n $PID ]] || starting+=("$i")  # not running already
 done
+deadline=$((SECONDS + LEASE_TIMEOUT))
 if [[ $DHCP == udhcpc ]]; then
-  # all at once: their resolver files, then one `sh` that starts every client (no process per client here)
-  dirs=() stale=() commands=""
+  # Their resolver files and stale leases all at once; then the clients, by one `sh` at a time in a
+  # session of its own (no process per client here; none in this script's session, which a closed
+  # terminal or SSH ends), at most WINDOW of them waiting for a lease at a time: the next start as leases
+  # come. A DHCP server answers no faster than it can, and a burst overflows its socket: 1000 DISCOVERs
+  # at once, the lab's dnsmasq dropped hundreds, each costing its client seconds of retries.
+  WINDOW=128
+  dirs=() stale=()
   for i in "${starting[@]}"; do
     [[ -e /etc/netns/$PREFIX$i/resolv.conf ]] || dirs+=("/etc/netns/$PREFIX$i")
     client_files udhcpc "$PREFIX$i" "$INSIDE$i"
@@ -1156,12 +1164,25 @@ if [[ $DHCP == udhcpc ]]; then
   done
   ((${#dirs[@]} == 0)) || mkdir -p "${dirs[@]}"
   ((${#stale[@]} == 0)) || rm -f "${stale[@]}"
-  for i in "${starting[@]}"; do
-    [[ -e /etc/netns/$PREFIX$i/resolv.conf ]] || : >"/etc/netns/$PREFIX$i/resolv.conf"  # exists before its client starts
-    udhcpc_command "$PREFIX$i" "$INSIDE$i"
-    commands+=$COMMAND$'\n'
+  next=0 inflight=()
+  while ((next < ${#starting[@]})); do
+    waiting=()
+    for i in "${inflight[@]}"; do has_lease udhcpc "$PREFIX$i" "$INSIDE$i" || waiting+=("$i"); done
+    inflight=("${waiting[@]}")
+    commands=""
+    # past the deadline, the rest start at once: every namespace has a client that keeps trying
+    while ((next < ${#starting[@]})) && ((${#inflight[@]} < WINDOW || SECONDS >= deadline)); do
+      i=${starting[next]}
+      next=$((next + 1))
+      [[ -e /etc/netns/$PREFIX$i/resolv.conf ]] || : >"/etc/netns/$PREFIX$i/resolv.conf"  # exists before its client starts
+      udhcpc_command "$PREFIX$i" "$INSIDE$i"
+      commands+=$COMMAND$'\n'
+      inflight+=("$i")
+    done
+    [[ -z $commands ]] || setsid sh -e <<<"$commands"
+    progress leases "$((COUNT - ${#starting[@]} + next - ${#inflight[@]}))" "$COUNT"
+    ((next == ${#starting[@]})) || sleep 0.05
   done
-  sh -e <<<"$commands"
 else
   for i in "${starting[@]}"; do
     dhcp_start "$DHCP" "$PREFIX$i" "$INSIDE$i" &
@@ -1171,7 +1192,6 @@ else
 fi
 started=${#starting[@]}
 say "started $started DHCP clients ($((COUNT - started)) already running)"
-deadline=$((SECONDS + LEASE_TIMEOUT))
 pending=()
 for ((i = 0; i < COUNT; i++)); do pending+=("$i"); done
 while :; do
