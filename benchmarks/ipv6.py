@@ -30,7 +30,7 @@ def run_timed(the_lab: labmod.Lab, args: list[str]) -> dict[str, float]:
     tail: list[str] = []
     for line in proc.stderr:
         tail = [*tail[-20:], line]
-        if line.startswith("multiip: [4/4]") or line.startswith("multiip: [6/6]"):
+        if line.removeprefix("multiip: ").startswith(("[4/4]", "[6/6]")):
             last_step = time.monotonic()
     if proc.wait() != 0 or last_step is None:
         raise RuntimeError(f"run {' '.join(args)} failed: {''.join(tail)}")
