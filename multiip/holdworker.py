@@ -32,10 +32,6 @@ from multiip.limits import raise_fd_limit
 
 PR_SET_PDEATHSIG = 1
 LINGER_RST = struct.pack("ii", 1, 0)
-# Edge-triggered, registered once: connected is one EPOLLOUT edge, then only what the server does (closes,
-# resets, sends) wakes it again (no epoll_ctl per connection to change what is watched)
-WATCH = select.EPOLLOUT | select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
-GONE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLERR | select.EPOLLHUP
 FATAL_AFTER = 64  # attempts with not one established: the server refuses or cannot be reached
 _stop = False
 
@@ -110,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             allowed = int((now - start) * args.rate) - started
             budget = min(budget, allowed)
         while budget > 0 and started < len(ports):
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)  # one system call, not two
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
             # SO_REUSEADDR: a service that binds the port on any address later (with SO_REUSEADDR, as servers
             # do) still can, while this connected socket holds it on one address
@@ -127,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             rc = sock.connect_ex(server)
             if rc == errno.EINPROGRESS:
                 pending[sock.fileno()] = (sock, now)
-                ep.register(sock.fileno(), WATCH)
+                ep.register(sock.fileno(), select.EPOLLOUT)
             elif rc == 0:
                 held[sock.fileno()] = sock
-                ep.register(sock.fileno(), WATCH)
+                ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
                 finished += 1
             else:
                 fail(sock, rc)
@@ -140,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                 code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code == 0 and not ev & (select.EPOLLERR | select.EPOLLHUP):
                     held[fd] = sock
+                    ep.modify(fd, select.EPOLLIN | select.EPOLLRDHUP)
                     finished += 1
                     peak = max(peak, len(held))
                 else:
                     ep.unregister(fd)
                     fail(sock, code or errno.ECONNRESET)
-            elif fd in held and ev & GONE:  # the server closed it, or sent something we do not expect
+            elif fd in held:  # the server closed it, or sent something we do not expect
                 ep.unregister(fd)
                 held.pop(fd).close()
                 lost += 1
