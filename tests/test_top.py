@@ -383,6 +383,11 @@ def test_the_budget_rations_dumps() -> None:
     assert sampler._may_dump()
     sampler._refill(1000.0)
     assert sampler.credit == pytest.approx(0.5 * 897)  # credit is the time since the last refresh's share
+    watching = top.Sampler(first=0.3)  # multiip top's first refresh: a budget of its own
+    watching._refill(100.0)
+    assert watching._may_dump()
+    watching._spent(time.monotonic() - 0.4)  # its first dump took 0.4 s
+    assert not watching._may_dump()  # the others wait for the next refreshes
 
 
 @pytest.mark.parametrize(
