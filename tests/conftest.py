@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,14 @@ ROOT_TOOLS = ("ip", "nsenter", "dnsmasq", "udhcpc", "dhclient", "dhcpcd", "brctl
 
 
 IN_TEST_KERNEL = os.environ.get("MULTIIP_IN_TEST_KERNEL") == "1"  # tests/test_kernel.py runs pytest in one
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The Ctrl-C tests' processes get SIGINT as a user's shell leaves it: handled here, so it is the
+    default again in every program they start. A runner that starts pytest in the background of a
+    script (`cmd &`, no job control) has it ignored, and an ignored signal stays ignored across exec."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
