@@ -4,10 +4,11 @@
   (scale.SEED_LOOP: one `ip` per step, `ip netns exec` per namespace) and a container runtime's way, CNI's
   `bridge` plugin with `host-local` IPAM (Debian's containernetworking-plugins): `ip netns add` and one
   ADD per namespace, 2 at a time; each measured twice, in turns;
-- `hold` from 4 namespaces (4 x 64,512 connections to the lab's sink, wall time from start to every
-  connection held and closed) next to a minimal C client doing the same job from the same namespaces
-  (benchmarks/holdc.c: the same bind-per-port, 512 in flight, epoll; 4 processes per namespace, as hold's
-  workers), on a quiet machine and with two busy loops sharing the cores; in turns, twice each.
+- `hold` from 4 namespaces (4 x 64,512 connections, wall time from start to every connection held and
+  closed) next to a minimal C client doing the same job from the same namespaces (benchmarks/holdc.c: the
+  same bind-per-port, 512 in flight, epoll; 4 processes per namespace, as hold's workers), on a quiet
+  machine and with two busy loops sharing the cores; in turns, twice each; to the lab's sink (Python) and
+  to nginx (C, 14 workers) on the LAN, a server of another make.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from common import lab_up, save
 from scale import SEED_LOOP, down, multiip, seed_down, tag, timed
+from test_exec import established, nginx_on_the_lan
 
 from multiip import lab as labmod
 
@@ -43,6 +46,8 @@ for ((i = 0; i < $2; i++)); do
 done
 ip link del cnibench0 2>/dev/null || true
 """
+NGINX_PORT = 8080
+NGINX_WORKERS = 14  # 19,900 connections each: 278,600 >= 4 x 64,512
 BUSY = "import time\nend = time.monotonic() + 900\nwhile time.monotonic() < end: pass\n"
 
 
@@ -113,14 +118,21 @@ def sink_empty(the_lab: labmod.Lab) -> None:
         time.sleep(0.1)
 
 
-def c_client(the_lab: labmod.Lab, prefix: str, holdc: Path) -> dict[str, Any]:
+def nginx_empty(the_lab: labmod.Lab) -> None:
+    for _ in range(1200):  # nginx has closed every connection of the last trial (bounded: 2 min)
+        if established(the_lab.lan_ns, NGINX_PORT) == 0:
+            return
+        time.sleep(0.1)
+
+
+def c_client(the_lab: labmod.Lab, prefix: str, holdc: Path, port: int) -> dict[str, Any]:
     rows = json.loads(subprocess.run(multiip("status", "--prefix", prefix, "--json"), capture_output=True,
                                      text=True, check=True).stdout)["namespaces"]  # fmt: skip
     quarter = FULL // 4
     t0 = time.monotonic()
     argv = [
         ["nsenter", f"--net=/run/netns/{r['name']}", "--", str(holdc), r["ipv4"].split("/")[0],
-         str(1024 + k * quarter), str(1023 + (k + 1) * quarter), str(the_lab.lan_ip), str(the_lab.port)]
+         str(1024 + k * quarter), str(1023 + (k + 1) * quarter), str(the_lab.lan_ip), str(port)]
         for r in rows
         for k in range(4)
     ]  # fmt: skip
@@ -131,9 +143,9 @@ def c_client(the_lab: labmod.Lab, prefix: str, holdc: Path) -> dict[str, Any]:
             "failed": sum(o["fail"] for o in outs), "slowest_ramp": max(o["ramp"] for o in outs)}  # fmt: skip
 
 
-def hold(the_lab: labmod.Lab, prefix: str) -> dict[str, Any]:
+def hold(the_lab: labmod.Lab, prefix: str, port: int) -> dict[str, Any]:
     t0 = time.monotonic()
-    cp = subprocess.run(multiip("hold", f"{the_lab.lan_ip}:{the_lab.port}", "--prefix", prefix, "--duration", "0",
+    cp = subprocess.run(multiip("hold", f"{the_lab.lan_ip}:{port}", "--prefix", prefix, "--duration", "0",
                                 "--json"), capture_output=True, text=True, check=True)  # fmt: skip
     seconds = time.monotonic() - t0
     held = json.loads(cp.stdout)
@@ -148,25 +160,35 @@ def holds(the_lab: labmod.Lab, tmp: Path) -> dict[str, Any]:
                                             "none", "--address", "198.18.130.1/16", "--yes")),
                    check=True, capture_output=True)  # fmt: skip
     out: dict[str, Any] = {}
+    servers = [("lab_sink", the_lab.port, sink_empty), ("nginx", NGINX_PORT, nginx_empty)]
     try:
-        for load in ("quiet", "busy"):
-            busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(2 if load == "busy" else 0)]
-            try:
-                trials: dict[str, list[dict[str, Any]]] = {"c": [], "hold": []}
-                for _ in range(2):
-                    sink_empty(the_lab)
-                    trials["c"].append(c_client(the_lab, p, holdc))
-                    sink_empty(the_lab)
-                    trials["hold"].append(hold(the_lab, p))
-            finally:
-                for b in busy:
-                    b.kill()
-                    b.wait()
-            ratios = [round(c["seconds"] / h["seconds"], 2) for c, h in zip(trials["c"], trials["hold"], strict=True)]
-            out[load] = {**trials, "c_over_hold": ratios}
+        with nginx_on_the_lan(the_lab, tmp, workers=NGINX_WORKERS):
+            for server, port, emptied in servers:
+                for load in ("quiet", "busy"):
+                    out[f"{server}_{load}"] = trials(the_lab, p, holdc, port, emptied, busy=2 if load == "busy" else 0)
     finally:
         subprocess.run(in_host(the_lab, multiip("down", "--prefix", p, "--yes")), check=False, capture_output=True)
     return out
+
+
+def trials(
+    the_lab: labmod.Lab, p: str, holdc: Path, port: int, emptied: Callable[[labmod.Lab], None], busy: int
+) -> dict[str, Any]:
+    """The C client and hold in turns, twice each, to one server, with ``busy`` busy loops meanwhile."""
+    loops = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(busy)]
+    got: dict[str, list[dict[str, Any]]] = {"c": [], "hold": []}
+    try:
+        for _ in range(2):
+            emptied(the_lab)
+            got["c"].append(c_client(the_lab, p, holdc, port))
+            emptied(the_lab)
+            got["hold"].append(hold(the_lab, p, port))
+    finally:
+        for b in loops:
+            b.kill()
+            b.wait()
+    ratios = [round(c["seconds"] / h["seconds"], 2) for c, h in zip(got["c"], got["hold"], strict=True)]
+    return {**got, "c_over_hold": ratios}
 
 
 def main() -> dict[str, Any]:

@@ -139,7 +139,7 @@ def test_a_run_that_keeps_going_without_its_output_stalls_no_other_and_nothing_o
 
 
 NGINX = """
-worker_processes 4;
+worker_processes {workers};
 worker_rlimit_nofile 20000;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log;
@@ -161,9 +161,10 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx_on_the_lan(lab: labmod.Lab, directory: Path) -> Iterator[None]:
-    """nginx (NGINX above) on the lab's LAN, port 8080, its files in directory; stopped at the end."""
-    (directory / "nginx.conf").write_text(NGINX.format(tmp=directory, ip=lab.lan_ip))
+def nginx_on_the_lan(lab: labmod.Lab, directory: Path, workers: int = 4) -> Iterator[None]:
+    """nginx (NGINX above) on the lab's LAN, port 8080, its files in directory; stopped at the end. Each
+    worker takes 19,900 connections."""
+    (directory / "nginx.conf").write_text(NGINX.format(tmp=directory, ip=lab.lan_ip, workers=workers))
     server = subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.lan_ns}", "/usr/sbin/nginx", "-c",
                                str(directory / "nginx.conf"), "-p", str(directory)])  # fmt: skip
     try:
