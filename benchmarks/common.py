@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,13 @@ def lab_up(name: str, leases: int, capacity: int, **settings: Any) -> Iterator[l
         yield the_lab
     finally:
         execute.run_script(lab.down_script(the_lab), show)
+
+
+def until_none_held(held: Callable[[], int], seconds: float = 120) -> None:
+    """Wait, bounded, until the server holds no connection of the last trial (``held`` counts them)."""
+    deadline = time.monotonic() + seconds
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def meminfo() -> dict[str, int]:

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from common import lab_up, save
+from common import lab_up, save, until_none_held
 from scale import multiip, tag
 
 from multiip import lab as labmod
@@ -63,10 +63,7 @@ def ramp(the_lab: labmod.Lab) -> dict[str, Any]:
                                 capture_output=True, text=True, check=True)  # fmt: skip
             held = json.loads(cp.stdout)
             out[family] = {k: held[k] for k in ("target", "established", "seconds", "rate")}
-            for _ in range(600):  # the sink has closed them all before the next family's ramp
-                if labmod.sink_stats(the_lab)["held"] == 0:
-                    break
-                time.sleep(0.1)
+            until_none_held(lambda: labmod.sink_stats(the_lab)["held"], 60)  # before the next family's ramp
     finally:
         subprocess.run(["nsenter", f"--net=/run/netns/{the_lab.host_ns}", "--",
                         *multiip("down", "--prefix", p, "--yes")], check=False, capture_output=True)  # fmt: skip

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import lab_up, save
+from common import lab_up, save, until_none_held
 from scale import SEED_LOOP, down, multiip, seed_down, tag, timed
 from test_exec import established, nginx_on_the_lan
 
@@ -111,20 +111,6 @@ def setups(the_lab: labmod.Lab) -> dict[str, Any]:
     }
 
 
-def sink_empty(the_lab: labmod.Lab) -> None:
-    for _ in range(1200):  # the sink has closed every connection of the last trial (bounded: 2 min)
-        if labmod.sink_stats(the_lab)["held"] == 0:
-            return
-        time.sleep(0.1)
-
-
-def nginx_empty(the_lab: labmod.Lab) -> None:
-    for _ in range(1200):  # nginx has closed every connection of the last trial (bounded: 2 min)
-        if established(the_lab.lan_ns, NGINX_PORT) == 0:
-            return
-        time.sleep(0.1)
-
-
 def c_client(the_lab: labmod.Lab, prefix: str, holdc: Path, port: int) -> dict[str, Any]:
     rows = json.loads(subprocess.run(multiip("status", "--prefix", prefix, "--json"), capture_output=True,
                                      text=True, check=True).stdout)["namespaces"]  # fmt: skip
@@ -160,28 +146,30 @@ def holds(the_lab: labmod.Lab, tmp: Path) -> dict[str, Any]:
                                             "none", "--address", "198.18.130.1/16", "--yes")),
                    check=True, capture_output=True)  # fmt: skip
     out: dict[str, Any] = {}
-    servers = [("lab_sink", the_lab.port, sink_empty), ("nginx", NGINX_PORT, nginx_empty)]
+    servers = [
+        ("lab_sink", the_lab.port, lambda: labmod.sink_stats(the_lab)["held"]),
+        ("nginx", NGINX_PORT, lambda: established(the_lab.lan_ns, NGINX_PORT)),
+    ]
     try:
         with nginx_on_the_lan(the_lab, tmp, workers=NGINX_WORKERS):
-            for server, port, emptied in servers:
+            for server, port, held in servers:
                 for load in ("quiet", "busy"):
-                    out[f"{server}_{load}"] = trials(the_lab, p, holdc, port, emptied, busy=2 if load == "busy" else 0)
+                    out[f"{server}_{load}"] = trials(the_lab, p, holdc, port, held, busy=2 if load == "busy" else 0)
     finally:
         subprocess.run(in_host(the_lab, multiip("down", "--prefix", p, "--yes")), check=False, capture_output=True)
     return out
 
 
-def trials(
-    the_lab: labmod.Lab, p: str, holdc: Path, port: int, emptied: Callable[[labmod.Lab], None], busy: int
-) -> dict[str, Any]:
-    """The C client and hold in turns, twice each, to one server, with ``busy`` busy loops meanwhile."""
+def trials(the_lab: labmod.Lab, p: str, holdc: Path, port: int, held: Callable[[], int], busy: int) -> dict[str, Any]:
+    """The C client and hold in turns, twice each, to one server (``held``: what it holds now), with ``busy``
+    busy loops meanwhile."""
     loops = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(busy)]
     got: dict[str, list[dict[str, Any]]] = {"c": [], "hold": []}
     try:
         for _ in range(2):
-            emptied(the_lab)
+            until_none_held(held)
             got["c"].append(c_client(the_lab, p, holdc, port))
-            emptied(the_lab)
+            until_none_held(held)
             got["hold"].append(hold(the_lab, p, port))
     finally:
         for b in loops:
