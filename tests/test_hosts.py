@@ -7,15 +7,17 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import unique
-from helpers import host_state, ip_json, multiip, ours, processes, reaches, running_lab, sh, uplink_state
+from helpers import host_state, ip_json, multiip, ours, processes, reaches, running_lab, sh, uplink_state, within
 
 from multiip import lab as labmod
 
@@ -129,6 +131,42 @@ def test_a_small_pool_gives_the_same_leases_after_a_crash(prefix: str) -> None:
         assert "releasing 5 leases whose clients are gone" in cp.stderr
         assert log.read_text().count("DHCPRELEASE(lan0)") - released == 20
         assert (small.state_dir / "dnsmasq.leases").read_text() == ""
+
+
+def test_the_uplinks_ipv6_addresses_move_into_the_bridge_without_a_second_dad(lab: labmod.Lab, prefix: str) -> None:
+    """They passed duplicate-address detection on this link: on the bridge (the uplink's MAC) they are never
+    "tentative", so IPv6 to the host does not pause for one, and the bridge's accept_dad is as it was after."""
+    address = lab.host_ip6 + 0x1000
+    sh("ip", "address", "add", f"{address}/64", "dev", "eth0", netns=lab.host_ns)  # without nodad: DAD runs
+    monitor = subprocess.Popen([*within(lab.host_ns), "ip", "-6", "-o", "monitor", "address"], stdout=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    seen: list[str] = []
+
+    def until(found: str, seconds: float) -> None:  # the monitor's lines, until one has `found` (bounded)
+        deadline = time.monotonic() + seconds
+        while not any(found in line for line in seen) and time.monotonic() < deadline:
+            if select.select([monitor.stdout], [], [], 0.2)[0]:
+                seen.append(monitor.stdout.readline())  # type: ignore[union-attr]
+
+    try:
+        deadline = time.monotonic() + 30  # its DAD on eth0 first
+        while "tentative" in sh("ip", "-6", "-o", "address", "show", "to", str(address), netns=lab.host_ns).stdout:
+            assert time.monotonic() < deadline, "the address stays tentative on eth0"
+            time.sleep(0.05)
+        sh("ip", "address", "add", "2001:db8:ffff::1/128", "dev", "lo", netns=lab.host_ns)  # the monitor listens
+        until("2001:db8:ffff::1", 30)
+        multiip("run", "--prefix", prefix, "--count", "1", "--dhcp", "none", "--address", "198.18.100.1/16", "--yes",
+                netns=lab.host_ns)  # fmt: skip
+        until(f" br0    inet6 {address}/64", 5)
+        on_bridge = [line for line in seen if f" br0    inet6 {address}/64" in line]
+        assert on_bridge and not any("tentative" in line for line in on_bridge), seen
+        assert sh("cat", "/proc/sys/net/ipv6/conf/br0/accept_dad", netns=lab.host_ns).stdout.strip() == "1"
+        multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+    finally:
+        monitor.kill()
+        monitor.wait()
+        sh("ip", "address", "del", "2001:db8:ffff::1/128", "dev", "lo", netns=lab.host_ns, check=False)
+        sh("ip", "address", "del", f"{address}/64", "dev", "eth0", netns=lab.host_ns, check=False)
 
 
 def test_a_wifi_uplink_is_refused_before_anything_changes(lab: labmod.Lab, prefix: str, tmp_path: Path) -> None:

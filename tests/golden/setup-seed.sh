@@ -565,11 +565,11 @@ stop_renewer() {  # the client of ours that renews the host's lease on the bridg
   kill -KILL "$PID" 2>/dev/null || true
 }
 # IPv6 addresses moved to another device go through duplicate-address detection there again, unusable
-# ("tentative") for a second: up to 5 s for them (the host had them on this link: they pass).
+# ("tentative") for 1-2 s: up to 5 s for them (the host had them on this link: they pass).
 wait_dad() {  # $1 device
   local w
   for ((w = 0; w < 50; w++)); do
-    [[ $(ip -6 -o address show dev "$1" 2>/dev/null) == *" tentative "* ]] || return 0
+    [[ -n $(ip -6 -o address show dev "$1" scope global tentative 2>/dev/null) ]] || return 0
     sleep 0.1
   done
 }
@@ -1113,6 +1113,19 @@ done
 drain
 progress namespaces "$COUNT" "$COUNT"
 
+# Into a bridge the setup made, the uplink's IPv6 addresses skip that second DAD: they passed one on this
+# link (the bridge has the uplink's MAC), and IPv6 to the host goes on without a pause. accept_dad is 0 on
+# the bridge while they move in (skip_dad), its value before after (dad_back); not if one of them is still
+# in DAD or failed it on the uplink: then the bridge does its own, and wait_dad waits for it.
+skip_dad() {  # $1 from, $2 to: sets DAD_WAS
+  DAD_WAS=""
+  [[ $BRIDGE_MADE == 1 && -z $(ip -6 -o address show dev "$1" tentative 2>/dev/null; ip -6 -o address show dev "$1" dadfailed 2>/dev/null) ]] || return 0
+  read -r DAD_WAS 2>/dev/null <"/proc/sys/net/ipv6/conf/$2/accept_dad" || return 0
+  echo 0 2>/dev/null >"/proc/sys/net/ipv6/conf/$2/accept_dad" || DAD_WAS=""
+}
+dad_back() {  # $1 the device skip_dad set
+  [[ -z $DAD_WAS ]] || echo "$DAD_WAS" 2>/dev/null >"/proc/sys/net/ipv6/conf/$1/accept_dad" || true
+}
 step 5/6 "move $UPLINK into $BRIDGE (everything it carries moves to the bridge)"
 # The move is done when the bridge's mark is there and the uplink is in the bridge. The uplink in the
 # bridge without a mark is a move that was killed half-way: it goes back first, then moves again.
@@ -1126,8 +1139,10 @@ if [[ ! -e $BRIDGE_STATE/moved || $(link_master "$UPLINK") != "$BRIDGE" ]]; then
   hand_over
   carry "$BRIDGE_STATE/carry" "$UPLINK" "$BRIDGE"
   say "moving $UPLINK into $BRIDGE with everything it carries (one ip -batch)"
+  skip_dad "$UPLINK" "$BRIDGE"
   ip -batch - <<<"link set dev $UPLINK master $BRIDGE"$'\n'"$CARRY""link set dev $UPLINK up"
   [[ -z $CARRY6 ]] || ip -6 -batch - <<<"$CARRY6"
+  dad_back "$BRIDGE"
   wait_dad "$BRIDGE"
   say "$UPLINK is in $BRIDGE, which carries its addresses, routes and rules"
   case $MANAGER in NetworkManager | systemd-networkd)  # they took router advertisements for the uplink themselves

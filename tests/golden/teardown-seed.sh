@@ -349,11 +349,11 @@ stop_renewer() {  # the client of ours that renews the host's lease on the bridg
   kill -KILL "$PID" 2>/dev/null || true
 }
 # IPv6 addresses moved to another device go through duplicate-address detection there again, unusable
-# ("tentative") for a second: up to 5 s for them (the host had them on this link: they pass).
+# ("tentative") for 1-2 s: up to 5 s for them (the host had them on this link: they pass).
 wait_dad() {  # $1 device
   local w
   for ((w = 0; w < 50; w++)); do
-    [[ $(ip -6 -o address show dev "$1" 2>/dev/null) == *" tentative "* ]] || return 0
+    [[ -n $(ip -6 -o address show dev "$1" scope global tentative 2>/dev/null) ]] || return 0
     sleep 0.1
   done
 }
