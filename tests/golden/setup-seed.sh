@@ -1119,7 +1119,8 @@ progress namespaces "$COUNT" "$COUNT"
 # in DAD or failed it on the uplink: then the bridge does its own, and wait_dad waits for it.
 skip_dad() {  # $1 from, $2 to: sets DAD_WAS
   DAD_WAS=""
-  [[ $BRIDGE_MADE == 1 && -z $(ip -6 -o address show dev "$1" tentative 2>/dev/null; ip -6 -o address show dev "$1" dadfailed 2>/dev/null) ]] || return 0
+  [[ $BRIDGE_MADE == 1 && -z $(ip -6 -o address show dev "$1" scope global tentative 2>/dev/null) ]] || return 0
+  [[ -z $(ip -6 -o address show dev "$1" scope global dadfailed 2>/dev/null) ]] || return 0
   read -r DAD_WAS 2>/dev/null <"/proc/sys/net/ipv6/conf/$2/accept_dad" || return 0
   echo 0 2>/dev/null >"/proc/sys/net/ipv6/conf/$2/accept_dad" || DAD_WAS=""
 }
