@@ -1115,8 +1115,9 @@ progress namespaces "$COUNT" "$COUNT"
 
 # Into a bridge the setup made, the uplink's IPv6 addresses skip that second DAD: they passed one on this
 # link (the bridge has the uplink's MAC), and IPv6 to the host goes on without a pause. accept_dad is 0 on
-# the bridge while they move in (skip_dad), its value before after (dad_back); not if one of them is still
-# in DAD or failed it on the uplink: then the bridge does its own, and wait_dad waits for it.
+# the bridge while they move in (skip_dad) and until the bridge is ready for them (wait_dad: a bridge
+# whose carrier the kernel has not noted yet keeps them tentative until it has), its value before after
+# (dad_back); not if one of them is still in DAD or failed it on the uplink: then the bridge does its own.
 skip_dad() {  # $1 from, $2 to: sets DAD_WAS
   DAD_WAS=""
   [[ $BRIDGE_MADE == 1 && -z $(ip -6 -o address show dev "$1" scope global tentative 2>/dev/null) ]] || return 0
@@ -1143,8 +1144,8 @@ if [[ ! -e $BRIDGE_STATE/moved || $(link_master "$UPLINK") != "$BRIDGE" ]]; then
   skip_dad "$UPLINK" "$BRIDGE"
   ip -batch - <<<"link set dev $UPLINK master $BRIDGE"$'\n'"$CARRY""link set dev $UPLINK up"
   [[ -z $CARRY6 ]] || ip -6 -batch - <<<"$CARRY6"
-  dad_back "$BRIDGE"
   wait_dad "$BRIDGE"
+  dad_back "$BRIDGE"
   say "$UPLINK is in $BRIDGE, which carries its addresses, routes and rules"
   case $MANAGER in NetworkManager | systemd-networkd)  # they took router advertisements for the uplink themselves
     if [[ $(cat "/proc/sys/net/ipv6/conf/$BRIDGE/forwarding" 2>/dev/null) == 0 ]]; then
