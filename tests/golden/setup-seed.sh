@@ -1116,17 +1116,18 @@ progress namespaces "$COUNT" "$COUNT"
 # Into a bridge the setup made, the uplink's IPv6 addresses skip that second DAD: they passed one on this
 # link (the bridge has the uplink's MAC), and IPv6 to the host goes on without a pause. accept_dad is 0 on
 # the bridge while they move in (skip_dad) and until the bridge is ready for them (wait_dad: a bridge
-# whose carrier the kernel has not noted yet keeps them tentative until it has), its value before after
-# (dad_back); not if one of them is still in DAD or failed it on the uplink: then the bridge does its own.
-skip_dad() {  # $1 from, $2 to: sets DAD_WAS
-  DAD_WAS=""
+# whose carrier the kernel has not noted yet keeps them tentative until it has), then the kernel's
+# default again, which the bridge had when it was made (dad_back; also after a move that was undone and
+# is tried again); not if one of them is still in DAD or failed it on the uplink: then the bridge does its own.
+skip_dad() {  # $1 from, $2 to: sets DAD_BACK
+  DAD_BACK=""
   [[ $BRIDGE_MADE == 1 && -z $(ip -6 -o address show dev "$1" scope global tentative 2>/dev/null) ]] || return 0
   [[ -z $(ip -6 -o address show dev "$1" scope global dadfailed 2>/dev/null) ]] || return 0
-  read -r DAD_WAS 2>/dev/null <"/proc/sys/net/ipv6/conf/$2/accept_dad" || return 0
-  echo 0 2>/dev/null >"/proc/sys/net/ipv6/conf/$2/accept_dad" || DAD_WAS=""
+  read -r DAD_BACK 2>/dev/null </proc/sys/net/ipv6/conf/default/accept_dad || return 0
+  echo 0 2>/dev/null >"/proc/sys/net/ipv6/conf/$2/accept_dad" || DAD_BACK=""
 }
 dad_back() {  # $1 the device skip_dad set
-  [[ -z $DAD_WAS ]] || echo "$DAD_WAS" 2>/dev/null >"/proc/sys/net/ipv6/conf/$1/accept_dad" || true
+  [[ -z $DAD_BACK ]] || echo "$DAD_BACK" 2>/dev/null >"/proc/sys/net/ipv6/conf/$1/accept_dad" || true
 }
 step 5/6 "move $UPLINK into $BRIDGE (everything it carries moves to the bridge)"
 # The move is done when the bridge's mark is there and the uplink is in the bridge. The uplink in the
