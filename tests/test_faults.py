@@ -198,6 +198,7 @@ def test_ctrl_c_under_run_waits_for_the_script_and_says_where(lab: labmod.Lab, p
     """Ctrl-C on a terminal reaches python and the script; a SIGINT to python alone is passed on to the
     script. Either way python waits for the script to stop (its rollback included) and says where."""
     before = host_state(lab.host_ns, prefix)
+    probes = set(Path("/tmp").glob("multiip-probe.*"))  # the duplicate-address probe's, which runs meanwhile
     proc = subprocess.Popen(
         [*within(lab.host_ns), sys.executable, "-m", "multiip", "run", "--prefix", prefix,
          "--count", "300", *STATIC, "--yes"],
@@ -218,6 +219,10 @@ def test_ctrl_c_under_run_waits_for_the_script_and_says_where(lab: labmod.Lab, p
     assert last.startswith('multiip: error: interrupted during step "300 namespaces'), rest
     assert last.endswith(f"`multiip down --prefix {prefix}` removes what the setup made so far"), last
     assert "Traceback" not in rest
+    deadline = time.monotonic() + 30  # the probe goes on to its end (a second), then leaves nothing
+    while set(Path("/tmp").glob("multiip-probe.*")) - probes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert set(Path("/tmp").glob("multiip-probe.*")) - probes == set()
     multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
     assert host_state(lab.host_ns, prefix) == before
 
