@@ -85,7 +85,6 @@ from types import TracebackType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-GUEST_TMPFS = [Path(d) for d in ("/dev", "/run", "/tmp", "/etc/netns")]  # the guest's own there (fstab below)
 GUEST_IO = "/run/uml/io"  # the host's scratch io/ directory, as the guest sees it
 MODULES = ("veth", "bridge", "macvlan", "ipvlan", "8021q", "ipv6")  # the rest load when first used
 KERNEL = "/usr/bin/linux.uml"
@@ -379,8 +378,8 @@ class UML:
             f"tmpfs {r}/etc/netns tmpfs mode=0755,X-mount.mkdir",
             f"hostfs {r}{GUEST_IO} hostfs {io},X-mount.mkdir",
         ]
-        # a checkout under a directory the guest has a tmpfs of its own on (a clone in /tmp): read-only there
-        if any(REPO.is_relative_to(d) for d in GUEST_TMPFS):
+        # a checkout under a directory the guest mounts its own on (a clone in /tmp): read-only there
+        if any(REPO.is_relative_to(line.split()[1].removeprefix(r)) for line in fstab[1:]):
             fstab.append(f"hostfs {r}{REPO} hostfs {REPO},ro,X-mount.mkdir")
         (io / "fstab").write_text("".join(f"{line} 0 0\n" for line in fstab))
         (d / "init.sh").write_text(INIT.replace("$KILL_GRACE", str(KILL_GRACE)))

@@ -1120,9 +1120,11 @@ progress namespaces "$COUNT" "$COUNT"
 # default again, which the bridge had when it was made (dad_back; also after a move that was undone and
 # is tried again); not if one of them is still in DAD or failed it on the uplink: then the bridge does its own.
 skip_dad() {  # $1 from, $2 to: sets DAD_BACK
+  local addresses
   DAD_BACK=""
-  [[ $BRIDGE_MADE == 1 && -z $(ip -6 -o address show dev "$1" scope global tentative 2>/dev/null) ]] || return 0
-  [[ -z $(ip -6 -o address show dev "$1" scope global dadfailed 2>/dev/null) ]] || return 0
+  [[ $BRIDGE_MADE == 1 ]] || return 0
+  addresses=$(ip -6 -o address show dev "$1" scope global 2>/dev/null) || true
+  [[ $addresses != *" tentative "* && $addresses != *" dadfailed "* ]] || return 0
   read -r DAD_BACK 2>/dev/null </proc/sys/net/ipv6/conf/default/accept_dad || return 0
   echo 0 2>/dev/null >"/proc/sys/net/ipv6/conf/$2/accept_dad" || DAD_BACK=""
 }
