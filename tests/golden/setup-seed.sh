@@ -287,7 +287,24 @@ BATCH
     printf 'ipv4=%s/%s\nrouter=%s\nserver=%s\nlease=%s\n' "$ip" "$mask" "${router%% *}" "$serverid" "$lease" \
       >"$MULTIIP_LEASE"
     ;;
-  leasefail|nak) echo "udhcpc: $1 on $interface: ${message:-no lease}" >&2 ;;
+  leasefail|nak)
+    echo "udhcpc: $1 on $interface: ${message:-no lease}" >&2
+    # After a NAK udhcpc sleeps 3 s before it asks again. Among many clients asking at once a NAK is
+    # mostly a server (dnsmasq without its ping check) that offered one free address to two of them:
+    # the one refused finds another at its next ask. So a namespace's client is told to ask sooner
+    # (USR1, "renew", ends that sleep): 0.1 s after its first NAK, then 0.2, 0.4, 0.8, 1.6; from its
+    # sixth on it sleeps its 3 s (a server that refuses everyone is not asked faster than that).
+    [ "$1" = nak ] && [ -z "$MULTIIP_HOST" ] || exit 0
+    naks=0
+    [ ! -r "$MULTIIP_LEASE.naks" ] || read -r naks <"$MULTIIP_LEASE.naks"
+    echo $((naks + 1)) >"$MULTIIP_LEASE.naks"
+    case $naks in 0) wait=0.1 ;; 1) wait=0.2 ;; 2) wait=0.4 ;; 3) wait=0.8 ;; 4) wait=1.6 ;; *) exit 0 ;; esac
+    client=$PPID
+    (
+      sleep "$wait"
+      read -r name <"/proc/$client/comm" && [ "$name" = udhcpc ] && kill -USR1 "$client"
+    ) </dev/null >/dev/null 2>&1 &
+    ;;
 esac
 exit 0
 UDHCPC
@@ -1180,7 +1197,7 @@ if [[ $DHCP == udhcpc ]]; then
   for i in "${starting[@]}"; do
     [[ -e /etc/netns/$PREFIX$i/resolv.conf ]] || dirs+=("/etc/netns/$PREFIX$i")
     client_files udhcpc "$PREFIX$i" "$INSIDE$i"
-    stale+=("$LEASEFILE")
+    stale+=("$LEASEFILE" "$LEASEFILE.naks")
   done
   ((${#dirs[@]} == 0)) || mkdir -p "${dirs[@]}"
   ((${#stale[@]} == 0)) || rm -f "${stale[@]}"
