@@ -477,7 +477,13 @@ def test_a_refused_client_asks_again_at_once(prefix: str) -> None:
         before = host_state(small.host_ns, prefix)
         multiip("run", "--prefix", prefix, "--count", "1", "--dhcp", "udhcpc", "--yes", netns=small.host_ns)
         record = Path("/run/multiip", prefix)
-        had = (record / f"{prefix}0.lease").read_text().split("ipv4=")[1].split("/")[0]
+
+        def leased() -> str:  # the namespace's address in its lease file (written in place: maybe empty)
+            lease = (record / f"{prefix}0.lease").read_text() if (record / f"{prefix}0.lease").exists() else ""
+            return lease.split("ipv4=")[1].split("/")[0] if "ipv4=" in lease else ""
+
+        had = leased()
+        assert had
         pid_file = small.state_dir / "dnsmasq.pid"
         server = int(pid_file.read_text())
         argv = Path(f"/proc/{server}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
@@ -495,13 +501,10 @@ def test_a_refused_client_asks_again_at_once(prefix: str) -> None:
         client = int((record / f"{prefix}0.pid").read_text())
         asked = time.monotonic()
         os.kill(client, signal.SIGUSR1)  # renew: dnsmasq refuses the address, now someone else's
-        got = ""
-        while time.monotonic() < asked + 30:
-            lease = (record / f"{prefix}0.lease").read_text() if (record / f"{prefix}0.lease").exists() else ""
-            got = lease.split("ipv4=")[1].split("/")[0] if "ipv4=" in lease else ""
-            if got and got != had:
-                break
+        got = leased()
+        while (not got or got == had) and time.monotonic() < asked + 30:
             time.sleep(0.05)
+            got = leased()
         took = time.monotonic() - asked
         assert got and got != had, (record / f"{prefix}0.log").read_text()
         assert "received DHCP NAK" in (record / f"{prefix}0.log").read_text()
