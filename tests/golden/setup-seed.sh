@@ -1148,6 +1148,13 @@ skip_dad() {  # $1 from, $2 to: sets DAD_BACK
 dad_back() {  # $1 the device skip_dad set
   [[ -z $DAD_BACK ]] || echo "$DAD_BACK" 2>/dev/null >"/proc/sys/net/ipv6/conf/$1/accept_dad" || true
 }
+move_in() {  # $1 ip -batch lines before the uplink goes up: the uplink into the bridge with what carry set (CARRY, CARRY6)
+  skip_dad "$UPLINK" "$BRIDGE"
+  ip -batch - <<<"link set dev $UPLINK master $BRIDGE"$'\n'"$CARRY$1""link set dev $UPLINK up"
+  [[ -z $CARRY6 ]] || ip -6 -batch - <<<"$CARRY6"
+  wait_dad "$BRIDGE"
+  dad_back "$BRIDGE"
+}
 step 5/6 "move $UPLINK into $BRIDGE (everything it carries moves to the bridge)"
 # The move is done when the bridge's mark is there and the uplink is in the bridge. The uplink in the
 # bridge without a mark is a move that was killed half-way: it goes back first, then moves again.
@@ -1161,11 +1168,7 @@ if [[ ! -e $BRIDGE_STATE/moved || $(link_master "$UPLINK") != "$BRIDGE" ]]; then
   hand_over
   carry "$BRIDGE_STATE/carry" "$UPLINK" "$BRIDGE"
   say "moving $UPLINK into $BRIDGE with everything it carries (one ip -batch)"
-  skip_dad "$UPLINK" "$BRIDGE"
-  ip -batch - <<<"link set dev $UPLINK master $BRIDGE"$'\n'"$CARRY""link set dev $UPLINK up"
-  [[ -z $CARRY6 ]] || ip -6 -batch - <<<"$CARRY6"
-  wait_dad "$BRIDGE"
-  dad_back "$BRIDGE"
+  move_in ""
   say "$UPLINK is in $BRIDGE, which carries its addresses, routes and rules"
   case $MANAGER in NetworkManager | systemd-networkd)  # they took router advertisements for the uplink themselves
     if [[ $(cat "/proc/sys/net/ipv6/conf/$BRIDGE/forwarding" 2>/dev/null) == 0 ]]; then
