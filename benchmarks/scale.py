@@ -108,14 +108,28 @@ def thousand(host: str) -> dict[str, Any]:
     }
 
 
+def server_leases(the_lab: labmod.Lab) -> int:
+    return len((the_lab.state_dir / "dnsmasq.leases").read_text().splitlines())
+
+
+def server_receive_errors(the_lab: labmod.Lab) -> int:
+    """UDP datagrams the lab's server namespace dropped for a full socket buffer (/proc/net/snmp)."""
+    snmp = subprocess.run(["nsenter", f"--net=/run/netns/{the_lab.lan_ns}", "cat", "/proc/net/snmp"],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    names, values = [line.split() for line in snmp.splitlines() if line.startswith("Udp:")]
+    return int(values[names.index("RcvbufErrors")])
+
+
 def dhcp(the_lab: labmod.Lab, n: int, client: str) -> dict[str, Any]:
     p = f"d{tag()}"
+    leases_before = server_leases(the_lab)
     args = ["--count", str(n), "--prefix", p, "--dhcp", client, "--lease-timeout", "120", "--yes"]
     run_s = timed(multiip("run", *args), the_lab.host_ns)
     rows = state.status(make_target(p))["namespaces"]
     leased = sum(1 for r in rows if r["ipv4"])
     # dhcpcd forks privilege-separation helpers whose command lines do not name the interface
     processes, pss, rss = memory_of(b"dhcpcd" if client == "dhcpcd" else f"{p}-t".encode())
+    dropped_before = server_receive_errors(the_lab)
     down_s = down(p, the_lab.host_ns)
     return {
         "namespaces": n,
@@ -126,6 +140,9 @@ def dhcp(the_lab: labmod.Lab, n: int, client: str) -> dict[str, Any]:
         "client_rss_mib_per_namespace": round(rss / n / 2**20, 2),
         "client_pss_mib_per_namespace": round(pss / n / 2**20, 2),
         "down_seconds": down_s,
+        # every release seen: the server holds as many leases after `down` as before `run`
+        "server_leases_left_after_down": server_leases(the_lab) - leases_before,
+        "server_datagrams_dropped_during_down": server_receive_errors(the_lab) - dropped_before,
     }
 
 
