@@ -6,6 +6,7 @@
 - 200 namespaces all holding a DHCP lease (lab server with its ping check off), and DHCP client memory
   per namespace for udhcpc, dhclient and dhcpcd;
 - 1000 namespaces with DHCP, with the host-wide ARP and backlog limits raised for the run.
+Each DHCP run also counts what `down` left at the lab's server: leases it still holds, datagrams it dropped.
 Each mode's run and down (and the host's connectivity gap) are in modes.py.
 """
 
