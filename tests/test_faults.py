@@ -214,7 +214,7 @@ def test_ctrl_c_under_run_waits_for_the_script_and_says_where(lab: labmod.Lab, p
                 os.kill(proc.pid, signal.SIGINT)
             break
     rest = proc.stderr.read()
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 130, rest
     last = rest.strip().splitlines()[-1]
     assert last.startswith('multiip: error: interrupted during step "300 namespaces'), rest
     assert last.endswith(f"`multiip down --prefix {prefix}` removes what the setup made so far"), last
