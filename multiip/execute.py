@@ -94,24 +94,37 @@ def run_script(
         )
         _wait(proc)
     except sh.ErrorReturnCode as e:
-        message = log.message(e.exit_code)
-        if e.exit_code == 130 and undo:
-            message += f"; {undo}"
-        raise MultiipError(message, exit_code=e.exit_code or 1) from None
+        raise _failed(log, e.exit_code, undo) from None
+    except ChildProcessError:  # reaped inside a wait that a Ctrl-C broke off (_wait): interrupted
+        raise _failed(log, 130, undo) from None
     except sh.SignalException as e:
         raise MultiipError(f"script killed by signal {-e.exit_code}", exit_code=1) from None
     finally:
         Path(path).unlink(missing_ok=True)
 
 
+def _failed(log: ScriptLog, code: int, undo: str) -> MultiipError:
+    message = log.message(code)
+    if code == 130 and undo:
+        message += f"; {undo}"
+    return MultiipError(message, exit_code=code or 1)
+
+
 def _wait(proc: Any) -> None:
-    """Wait for a script; a Ctrl-C is passed on to it once, and it is waited for while it rolls back."""
-    told = False
+    """Wait for a script; a Ctrl-C is passed on to it once, and it is waited for while it rolls back. A
+    Ctrl-C can break off a wait that had reaped the script: its status is lost, and the next wait finds
+    no child (ChildProcessError), which only an interrupted wait may raise."""
+    told = interrupted = False
     while True:
         try:
             proc.wait()
             return
+        except ChildProcessError:
+            if not interrupted:
+                raise RuntimeError("the script's exit status was lost") from None
+            raise
         except KeyboardInterrupt:
+            interrupted = True
             if not told and proc.is_alive():
                 told = True
                 with contextlib.suppress(ProcessLookupError):
