@@ -26,6 +26,7 @@ from common import lab_up, memory_of, save, sysctls
 from multiip import lab as labmod
 from multiip import state
 from multiip.plan import make_target
+from multiip.top import parse_snmp
 
 SEED_LOOP = r"""
 set -e
@@ -117,8 +118,7 @@ def server_receive_errors(the_lab: labmod.Lab) -> int:
     """UDP datagrams the lab's server namespace dropped for a full socket buffer (/proc/net/snmp)."""
     snmp = subprocess.run(["nsenter", f"--net=/run/netns/{the_lab.lan_ns}", "cat", "/proc/net/snmp"],
                           capture_output=True, text=True, check=True).stdout  # fmt: skip
-    names, values = [line.split() for line in snmp.splitlines() if line.startswith("Udp:")]
-    return int(values[names.index("RcvbufErrors")])
+    return parse_snmp(snmp)["Udp"]["RcvbufErrors"]
 
 
 def dhcp(the_lab: labmod.Lab, n: int, client: str) -> dict[str, Any]:
