@@ -220,6 +220,38 @@ def test_static_namespaces_have_their_insides_and_no_ipv6_link_local(lab: labmod
     assert_clean(lab, prefix, before)
 
 
+def test_the_lans_multicast_stays_out_of_ipv4_namespaces_and_its_broadcasts_reach_them(
+    lab: labmod.Lab, prefix: str
+) -> None:
+    """Each frame the bridge floods is copied into every namespace: an IPv4 setup's ports take the LAN's
+    broadcasts (ARP, DHCP) and none of its multicast (mDNS here), which its namespaces have no use for."""
+    multiip("run", "--prefix", prefix, "--count", "3", "--dhcp", "none", "--address", "198.18.212.1/16", "--yes",
+            netns=lab.host_ns)  # fmt: skip
+
+    def received() -> list[int]:
+        return [
+            ip_json("-s", "link", "show", "dev", f"{prefix}-t{i}", netns=f"{prefix}{i}")[0]["stats64"]["rx"]["packets"]
+            for i in range(3)
+        ]
+
+    send = (
+        "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1); s.bind((sys.argv[1], 0)); "
+        "[s.sendto(b'x', ('224.0.0.251', 5353)) for _ in range(100)]; "  # first: in order before the broadcasts
+        "[s.sendto(b'x', ('255.255.255.255', 9)) for _ in range(100)]"
+    )
+    before = received()
+
+    def since() -> list[int]:
+        return [a - b for a, b in zip(received(), before, strict=True)]
+
+    sh(sys.executable, "-c", send, str(lab.lan_ip), netns=lab.lan_ns)
+    assert wait_for(lambda: min(since()) >= 100, 30), f"the broadcasts did not all arrive: {since()}"
+    got = since()
+    assert all(n < 110 for n in got), f"multicast reached the namespaces: {got} frames each for 100 broadcasts"
+    multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
+
+
 def test_a_prefix_that_is_another_setups_prefix_plus_digits_touches_nothing_of_it(lab: labmod.Lab, prefix: str) -> None:
     """ns1 + 0 is ns10: a setup's namespaces are the ones it recorded, never a name pattern."""
     args = ["--dhcp", "none", "--address", "198.18.240.1/16", "--yes"]
