@@ -2,7 +2,8 @@
 
 - 300 namespaces with static addresses: `multiip run` against the seed-style loop (one `ip` per step,
   `ip netns exec` per namespace, the same devices and addresses), and the exported script against `run`;
-- 1000 namespaces: `run` (static addresses) and `down`;
+- 1000 namespaces: `run` (static addresses) and `down`, and the CPU one broadcast and one multicast frame
+  from the LAN cost this host with them and without;
 - 200 namespaces all holding a DHCP lease (lab server with its ping check off), and DHCP client memory
   per namespace for udhcpc, dhclient and dhcpcd;
 - 1000 namespaces with DHCP, with the host-wide ARP and backlog limits raised for the run.
@@ -12,6 +13,7 @@ Each mode's run and down (and the host's connectivity gap) are in modes.py.
 
 from __future__ import annotations
 
+import os
 import random
 import string
 import subprocess
@@ -98,15 +100,56 @@ def seed_vs_run(host: str) -> dict[str, Any]:
     }
 
 
-def thousand(host: str) -> dict[str, Any]:
-    n, p = 1000, f"k{tag()}"
+SEND = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.bind((sys.argv[1], 0))
+for i in range(int(sys.argv[3])):
+    s.sendto(b"x" * 300, (sys.argv[2], 9))
+    if i % 20 == 19:
+        time.sleep(0.02)
+"""
+
+
+def busy_ticks() -> int:
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # all but idle and iowait, on every core
+
+
+def flood_cpu_ms(the_lab: labmod.Lab, destination: str, count: int = 200) -> float:
+    """CPU of the whole machine per datagram the LAN sends to DESTINATION (a broadcast or multicast the
+    bridge floods), less the same time's idle load; after the sends, 1 s for the copies to drain."""
+    t0, b0 = time.monotonic(), busy_ticks()
+    time.sleep(2)
+    idle_rate = (busy_ticks() - b0) / (time.monotonic() - t0)
+    t0, b0 = time.monotonic(), busy_ticks()
+    sender = [sys.executable, "-c", SEND, str(the_lab.lan_ip), destination, str(count)]
+    subprocess.run(["nsenter", f"--net=/run/netns/{the_lab.lan_ns}", *sender], check=True)
+    time.sleep(1)
+    ticks = busy_ticks() - b0 - idle_rate * (time.monotonic() - t0)
+    return round(max(ticks, 0) * 1000 / os.sysconf("SC_CLK_TCK") / count, 2)
+
+
+def flood_costs(the_lab: labmod.Lab) -> dict[str, float]:
+    return {"broadcast": flood_cpu_ms(the_lab, "255.255.255.255"), "multicast": flood_cpu_ms(the_lab, "224.0.0.251")}
+
+
+def thousand(the_lab: labmod.Lab) -> dict[str, Any]:
+    n, p, host = 1000, f"k{tag()}", the_lab.host_ns
     args = ["--count", str(n), "--prefix", p, "--dhcp", "none", "--address", "198.18.100.1/16"]
+    without = flood_costs(the_lab)
     run_s = timed(multiip("run", *args, "--yes"), host)
+    with_setup = flood_costs(the_lab)
     down_s = down(p, host)
     return {
         "namespaces": n,
         "run_seconds": run_s,
         "down_seconds": down_s,
+        # what one frame from the LAN that the bridge floods costs this host (the namespaces take broadcasts,
+        # and an IPv4 setup none of the LAN's multicast)
+        "lan_frame_cpu_ms_without_the_setup": without,
+        "lan_frame_cpu_ms_with_the_setup": with_setup,
     }
 
 
@@ -151,7 +194,7 @@ def main() -> dict[str, Any]:
     out: dict[str, Any] = {}
     with lab_up(f"sc{tag()}", leases=1200, capacity=1000) as the_lab:
         out["seed_vs_run_300"] = seed_vs_run(the_lab.host_ns)
-        out["static_1000"] = thousand(the_lab.host_ns)
+        out["static_1000"] = thousand(the_lab)
         out["dhcp_200"] = dhcp(the_lab, 200, "auto")
         out["dhcp_client_memory"] = [dhcp(the_lab, 20, c) for c in ("udhcpc", "dhclient", "dhcpcd")]
         limits = {
