@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ class Plan:
         """The port range set in each namespace."""
         return self.o.port_range or options.NAMESPACE_PORTS
 
-    @property
+    @cached_property  # the templates read it many times: 1000 addresses are made once
     def static(self) -> list[str]:
         """The static addresses, one per namespace (or alias): "A/LEN", or "A" where the uplink's subnet (or,
         off it, the host's own length) gives LEN; a block's, each."""
