@@ -185,9 +185,9 @@ describe_addresses() {  # $1 device, $2 now (epoch seconds)
 }
 describe() {  # $1 device
   local key value now addresses own=""
-  now=$(date +%s)
+  printf -v now '%(%s)T' -1
   for key in "${CONF_KEYS[@]}"; do
-    value=$(cat "/proc/sys/net/${key%%/*}/conf/$1/${key#*/}" 2>/dev/null) || continue  # stable_secret: unset
+    IFS= read -r value 2>/dev/null <"/proc/sys/net/${key%%/*}/conf/$1/${key#*/}" || continue  # stable_secret: unset
     printf 'conf %s %s %s\n' "${key%%/*}" "${key#*/}" "$value"
   done
   addresses=$(describe_addresses "$1" "$now")
@@ -259,7 +259,7 @@ carry() {
   local file=$1 from=$2 to=$3 now kind rest line address family key value valid preferred
   local -A ends=()
   local addrs4="" addrs6="" direct="" nexthops="" routes="" gone=""
-  now=$(date +%s)
+  printf -v now '%(%s)T' -1
   while read -r _ address rest; do
     [[ $rest != *" ends "* ]] || ends[$address]=${rest##* ends }
   done < <(describe_addresses "$to" "$now"; describe_addresses "$from" "$now")
@@ -309,7 +309,7 @@ apply_carry() {  # what carry made, past any error (ip -force); what did not tak
 lacks() {  # $1 file, $2 device
   local -A has=()
   local line key now
-  now=$(date +%s)
+  printf -v now '%(%s)T' -1
   while read -r line; do
     line=${line% ends *}
     [[ ! $line =~ ^(.*)\ expires\ [0-9]+(.*)$ ]] || line=${BASH_REMATCH[1]}${BASH_REMATCH[2]}
