@@ -35,11 +35,16 @@ class _Cache(jinja2.FileSystemBytecodeCache):
             super().dump_bytecode(bucket)
 
 
-def _bytecode_cache() -> _Cache | None:
-    """root's in /var/cache/multiip, a user's in their XDG cache; used only where it is a directory of this
-    user's that no one else can write to (the code in it runs as root)."""
-    home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    directory = Path("/var/cache/multiip" if os.geteuid() == 0 else os.path.join(home, "multiip"))
+def cache_dir() -> Path:
+    """root's in /var/cache/multiip, a user's in their XDG cache directory."""
+    if os.geteuid() == 0:
+        return Path("/var/cache/multiip")
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "multiip")
+
+
+def bytecode_cache(directory: Path) -> _Cache | None:
+    """The cache in DIRECTORY (made if missing), if it is a directory of this user's that no one else can
+    write to (the code in it runs as root); else none."""
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = directory.lstat()
@@ -65,7 +70,7 @@ def _env() -> jinja2.Environment:
         autoescape=False,
         comment_start_string="{##",  # bash's ${#array[@]} must not open a Jinja comment
         comment_end_string="##}",
-        bytecode_cache=_bytecode_cache(),
+        bytecode_cache=bytecode_cache(cache_dir()),
     )
     env.filters["q"] = _quote
     return env

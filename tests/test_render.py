@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from multiip import lab
@@ -245,3 +247,26 @@ def test_modes_other_than_bridge_leave_the_uplink_alone() -> None:
     ipvlan = code(setup_script(make_plan(mode="ipvlan", count=4)))
     assert 'how+=" -B -x 0x3d:01${MAC//:/}"' in ipvlan  # broadcast replies, a client id per namespace
     assert "-B -x" not in code(setup_script(make_plan(mode="macvlan", count=4)))
+
+
+def test_the_compiled_templates_are_cached_only_where_no_one_else_can_write(tmp_path: Path) -> None:
+    """The cached code runs as root: a directory others can write to, or of another user, is not used;
+    a cache that cannot be written is no error (the template still renders)."""
+    from multiip import render
+
+    ours = tmp_path / "ours"
+    assert render.bytecode_cache(ours) is not None and stat.S_IMODE(ours.stat().st_mode) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    assert render.bytecode_cache(shared) is None
+    if os.geteuid() == 0:  # as root: a directory of another user's
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        assert render.bytecode_cache(theirs) is None
+    (tmp_path / "file").write_text("")
+    assert render.bytecode_cache(tmp_path / "file") is None
+    (tmp_path / "t.j2").write_text("{{ 6 * 7 }}")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(tmp_path), bytecode_cache=render._Cache("/proc/sys"))
+    assert env.get_template("t.j2").render() == "42"
