@@ -17,7 +17,7 @@ import pytest
 
 from multiip import lab
 from multiip.plan import make_plan, make_target
-from multiip.render import doctor_script, setup_script, teardown_script
+from multiip.render import _Cache, bytecode_cache, doctor_script, setup_script, teardown_script
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDENS = {
@@ -252,21 +252,19 @@ def test_modes_other_than_bridge_leave_the_uplink_alone() -> None:
 def test_the_compiled_templates_are_cached_only_where_no_one_else_can_write(tmp_path: Path) -> None:
     """The cached code runs as root: a directory others can write to, or of another user, is not used;
     a cache that cannot be written is no error (the template still renders)."""
-    from multiip import render
-
     ours = tmp_path / "ours"
-    assert render.bytecode_cache(ours) is not None and stat.S_IMODE(ours.stat().st_mode) == 0o700
+    assert bytecode_cache(ours) is not None and stat.S_IMODE(ours.stat().st_mode) == 0o700
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
-    assert render.bytecode_cache(shared) is None
+    assert bytecode_cache(shared) is None
     if os.geteuid() == 0:  # as root: a directory of another user's
         theirs = tmp_path / "theirs"
         theirs.mkdir(mode=0o700)
         os.chown(theirs, 65534, 65534)
-        assert render.bytecode_cache(theirs) is None
+        assert bytecode_cache(theirs) is None
     (tmp_path / "file").write_text("")
-    assert render.bytecode_cache(tmp_path / "file") is None
+    assert bytecode_cache(tmp_path / "file") is None
     (tmp_path / "t.j2").write_text("{{ 6 * 7 }}")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(tmp_path), bytecode_cache=render._Cache("/proc/sys"))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(tmp_path), bytecode_cache=_Cache("/proc/sys"))
     assert env.get_template("t.j2").render() == "42"
