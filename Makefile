@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # user-mode-linux, kmod: the test kernel (tests/kernel.py) for what this machine's kernel may lack (ipvlan, 8021q)
 DEBS = iproute2 bridge-utils isc-dhcp-client udhcpc dhcpcd-base dnsmasq-base shellcheck util-linux procps \
-       network-manager dbus-daemon systemd nginx-light wrk nftables iputils-arping python3 python3-venv \
+       network-manager dbus-daemon systemd nginx-light wrk nftables iputils-arping arp-scan python3 python3-venv \
        user-mode-linux kmod
 # what `make bench` compares multiip with: CNI's bridge plugin, a C client (gcc)
 BENCH_DEBS = containernetworking-plugins gcc libc6-dev

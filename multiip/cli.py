@@ -105,6 +105,7 @@ def render_cmd(
     local_route: options.LocalRoute = D.local_route,
     dhcp6: options.Dhcp6 = D.dhcp6,
     bridge_tool: options.BridgeToolOption = D.bridge_tool,
+    probe_tool: options.ProbeToolOption = D.probe_tool,
     host_dhcp: options.HostDhcp = D.host_dhcp,
     lease_timeout: options.LeaseTimeout = D.lease_timeout,
     tune_host: options.TuneHost = D.tune_host,
@@ -134,8 +135,8 @@ def render_cmd(
         options.setup(
             count=count, mode=mode, prefix=prefix, bridge=bridge, uplink=uplink, dhcp=dhcp, family=family,
             address=address, addresses=addresses, gateway=gateway, port_range=port_range, off_subnet=off_subnet,
-            local_route=local_route, dhcp6=dhcp6, bridge_tool=bridge_tool, host_dhcp=host_dhcp,
-            lease_timeout=lease_timeout, tune_host=tune_host, confirm=confirm,
+            local_route=local_route, dhcp6=dhcp6, bridge_tool=bridge_tool, probe_tool=probe_tool,
+            host_dhcp=host_dhcp, lease_timeout=lease_timeout, tune_host=tune_host, confirm=confirm,
         )
     )  # fmt: skip
     if systemd is None:
@@ -169,6 +170,7 @@ def run(
     local_route: options.LocalRoute = D.local_route,
     dhcp6: options.Dhcp6 = D.dhcp6,
     bridge_tool: options.BridgeToolOption = D.bridge_tool,
+    probe_tool: options.ProbeToolOption = D.probe_tool,
     host_dhcp: options.HostDhcp = D.host_dhcp,
     lease_timeout: options.LeaseTimeout = D.lease_timeout,
     tune_host: options.TuneHost = D.tune_host,
@@ -188,8 +190,8 @@ def run(
         options.setup(
             count=count, mode=mode, prefix=prefix, bridge=bridge, uplink=uplink, dhcp=dhcp, family=family,
             address=address, addresses=addresses, gateway=gateway, port_range=port_range, off_subnet=off_subnet,
-            local_route=local_route, dhcp6=dhcp6, bridge_tool=bridge_tool, host_dhcp=host_dhcp,
-            lease_timeout=lease_timeout, tune_host=tune_host, confirm=confirm,
+            local_route=local_route, dhcp6=dhcp6, bridge_tool=bridge_tool, probe_tool=probe_tool,
+            host_dhcp=host_dhcp, lease_timeout=lease_timeout, tune_host=tune_host, confirm=confirm,
         )
     )  # fmt: skip
     script = render.setup_script(plan)

@@ -51,6 +51,12 @@ class BridgeTool(StrEnum):
     brctl = "brctl"
 
 
+class ProbeTool(StrEnum):
+    auto = "auto"  # arp-scan where the script runs has it (one process for every address), arping otherwise
+    arp_scan = "arp-scan"
+    arping = "arping"  # iputils' arping -D, one process per address
+
+
 class AddressFormat(StrEnum):
     plain = "plain"  # one per line
     json = "json"  # a JSON list of {"namespace", "ip"}
@@ -91,6 +97,7 @@ class Setup:
     local_route: bool = False  # --mode alias, a block: one local route for it instead of its addresses
     dhcp6: bool = False  # a DHCPv6 client per namespace too (where the LAN hands out addresses by DHCPv6)
     bridge_tool: BridgeTool = BridgeTool.ip
+    probe_tool: ProbeTool = ProbeTool.auto
     host_dhcp: bool = False
     lease_timeout: int = 30
     tune_host: bool = False
@@ -113,6 +120,12 @@ class Setup:
 
 
 DEFAULT = Setup()
+
+
+def arp_probed(version: int | None, local_route: bool) -> bool:
+    """Are the static addresses probed on the LAN first (ARP, RFC 5227)? IPv4 ones on a link are; IPv6's DAD is
+    the kernel's, and a --local-route block is on no link."""
+    return version == 4 and not local_route
 
 
 def text(value: Any) -> str:
@@ -210,6 +223,14 @@ OffSubnet = Annotated[
 ]
 BridgeToolOption = Annotated[
     BridgeTool, typer.Option("--bridge-tool", help="ip: iproute2 only; brctl: the seed's brctl commands.")
+]
+ProbeToolOption = Annotated[
+    ProbeTool,
+    typer.Option(
+        "--probe-tool",
+        help="What sends the duplicate-address probe (ARP from 0.0.0.0) of static IPv4 addresses: arp-scan (one "
+        "process for all), arping (iputils, one per address), or auto: arp-scan where the script runs has it.",
+    ),
 ]
 HostDhcp = Annotated[
     bool,
@@ -461,8 +482,8 @@ def setup(**given: Any) -> Setup:
             raise MultiipError(f"--count {n} but --addresses lists {len(listed)}: one per namespace; drop --count")
         n = count(len(listed), mode)
     static = first is not None or bool(listed)
-    if static:
-        version = (first.ip if first is not None else listed_ip(listed[0])).version
+    version = (first.ip if first is not None else listed_ip(listed[0])).version if static else None
+    if version is not None:
         if family not in (Family.auto, Family(str(version))):
             raise MultiipError(f"--family {family} and IPv{version} static addresses: the addresses give the family")
         if gw is not None and gw.version != version:
@@ -496,6 +517,12 @@ def setup(**given: Any) -> Setup:
         raise MultiipError("--gateway goes with --address or --addresses (DHCP gives the gateway otherwise)")
     if first is not None:
         address_block(first, n, gw)
+    probe_tool = choice(v["probe_tool"], ProbeTool, "--probe-tool")
+    if probe_tool != ProbeTool.auto and not arp_probed(version, bool(v["local_route"])):
+        raise MultiipError(
+            "--probe-tool picks what probes static IPv4 addresses on the LAN: give them with --address or --addresses"
+            " (a --local-route block and IPv6 addresses are not probed by ARP)"
+        )
     if v["host_dhcp"] and client == Dhcp.none:
         raise MultiipError("--host-dhcp needs a DHCP client: pick one with --dhcp")
     tool = choice(v["bridge_tool"], BridgeTool, "--bridge-tool")
@@ -532,6 +559,7 @@ def setup(**given: Any) -> Setup:
         local_route=bool(v["local_route"]),
         dhcp6=bool(v["dhcp6"]),
         bridge_tool=tool,
+        probe_tool=probe_tool,
         host_dhcp=bool(v["host_dhcp"]),
         lease_timeout=lease_timeout,
         tune_host=bool(v["tune_host"]),

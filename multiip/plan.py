@@ -84,8 +84,7 @@ class Plan:
 
     @property
     def probe(self) -> bool:
-        """Static IPv4 addresses on a link are probed first (ARP, RFC 5227); IPv6's DAD is the kernel's."""
-        return self.static_family == 4 and not self.o.local_route
+        return options.arp_probed(self.static_family, self.o.local_route)
 
     @property
     def ipv6(self) -> bool:

@@ -17,7 +17,10 @@ from helpers import multiip, running_lab, sh
 from multiip import lab as labmod
 
 REQUIRE_ROOT = os.environ.get("MULTIIP_REQUIRE_ROOT_TESTS") == "1"
-ROOT_TOOLS = ("ip", "nsenter", "dnsmasq", "udhcpc", "dhclient", "dhcpcd", "brctl", "shellcheck", "nft", "arping")
+ROOT_TOOLS = (
+    *("ip", "nsenter", "dnsmasq", "udhcpc", "dhclient", "dhcpcd", "brctl", "shellcheck", "nft", "arping"),
+    "arp-scan",
+)
 
 
 IN_TEST_KERNEL = os.environ.get("MULTIIP_IN_TEST_KERNEL") == "1"  # tests/test_kernel.py runs pytest in one

@@ -116,14 +116,16 @@ def test_static_addresses_the_lan_cannot_have_are_refused_before_anything_change
     assert host_state(lab.host_ns, prefix) == before
 
 
+@pytest.mark.parametrize("tool", ["arp-scan", "arping"])
 def test_a_duplicate_found_while_the_bridge_is_made_stops_the_setup_before_the_uplink_moves(
-    lab: labmod.Lab, prefix: str
+    lab: labmod.Lab, prefix: str, tool: str
 ) -> None:
     """In bridge mode the probe goes on while the namespaces are made (they reach the LAN only with the uplink):
-    an address someone has stops the setup before the uplink moves, and down removes what it made."""
+    an address someone has stops the setup before the uplink moves, and down removes what it made. Either tool
+    finds it."""
     before = host_state(lab.host_ns, prefix)
     uplink = [row for row in before["addresses"] if row[0] == "eth0"]
-    args = ["--dhcp", "none", "--addresses", f"198.18.100.1,{lab.second_router},198.18.100.2"]
+    args = ["--dhcp", "none", "--probe-tool", tool, "--addresses", f"198.18.100.1,{lab.second_router},198.18.100.2"]
     cp = multiip("run", "--prefix", prefix, *args, "--yes", netns=lab.host_ns, check=False)
     last = cp.stderr.strip().splitlines()[-1]
     assert cp.returncode != 0 and f"address {lab.second_router} is answered on the LAN (by " in last, last

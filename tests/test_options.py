@@ -110,6 +110,16 @@ def test_plan_rules() -> None:
         make_plan(bridge_tool="ovs")
     with pytest.raises(MultiipError, match="--host-dhcp"):
         make_plan(dhcp="none", host_dhcp=True)
+    with pytest.raises(MultiipError, match="--probe-tool"):
+        make_plan(address="198.18.1.1/15", probe_tool="nmap")
+    for unprobed in (
+        {},
+        {"address": "2001:db8::10/64"},
+        {"mode": "alias", "addresses": "10.0.0.16/28", "local_route": True},
+    ):
+        with pytest.raises(MultiipError, match="--probe-tool picks what probes static IPv4"):
+            make_plan(probe_tool="arping", **unprobed)
+    assert setup(address="198.18.1.1/15", probe_tool="arp-scan").probe_tool == "arp-scan"
     with pytest.raises(MultiipError, match="over 15 characters"):
         make_plan(prefix="abcdefghijkl", count=100)  # abcdefghijkl-b99 is 16 characters
     with pytest.raises(MultiipError, match="--confirm"):

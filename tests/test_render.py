@@ -46,6 +46,12 @@ SCRIPTS = {
         make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21", port_range="1024-65535")
     ),
     "setup-alias-keep-ports": lambda: setup_script(make_plan(mode="alias", address="198.18.30.1/15", count=300)),
+    "setup-macvlan-arping": lambda: setup_script(
+        make_plan(mode="macvlan", addresses="198.18.50.1,198.18.50.2", probe_tool="arping")
+    ),
+    "setup-alias-arp-scan": lambda: setup_script(
+        make_plan(mode="alias", address="198.18.30.1/15", probe_tool="arp-scan")
+    ),
     "setup-family-6": lambda: setup_script(make_plan(family="6")),
     "setup-dual-dhcp6": lambda: setup_script(make_plan(family="dual", dhcp6=True, dhcp="dhclient")),
     "setup-macvlan-6-dhcp6": lambda: setup_script(make_plan(mode="macvlan", family="6", dhcp6=True)),
@@ -160,6 +166,21 @@ def test_script_shape() -> None:
     # the namespaces are entered with nsenter, never ip netns exec or ip -n, when they are made
     made = code(text[text.index("step 4/6") : text.index("step 5/6")])
     assert "nsenter --net=" in made and "ip netns exec" not in made and "ip -n " not in made
+
+
+def test_the_probe_tool_is_the_one_asked_for_or_chosen_where_the_script_runs() -> None:
+    """--probe-tool arping or arp-scan: that tool alone, needed in the preflight; auto: arp-scan where the script
+    runs has it, iputils' arping otherwise, both in the script."""
+    for tool, needed, others in (
+        ("arping", "need_tool arping iputils-arping", ("arp-scan ", "probe_arp_scan")),
+        ("arp-scan", "need_tool arp-scan arp-scan", ("arping -D", "probe_arping")),
+    ):
+        body = code(setup_script(make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21", probe_tool=tool)))
+        assert needed in body and f"PROBE_TOOL={tool}" in body, tool
+        assert not [word for word in others if word in body], tool
+    auto = code(setup_script(make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21")))
+    assert "command -v arp-scan" in auto and "arp-scan --interface=" in auto and "arping -D" in auto
+    assert "PROBE_TOOL" not in code(setup_script(make_plan(count=3)))  # DHCP: nothing to probe
 
 
 def test_host_resolv_conf_never_a_target() -> None:
