@@ -138,6 +138,25 @@ def test_a_duplicate_found_while_the_bridge_is_made_stops_the_setup_before_the_u
     assert host_state(lab.host_ns, prefix) == before
 
 
+def test_without_arp_scan_the_probe_is_arpings(lab: labmod.Lab, prefix: str, tmp_path: Path) -> None:
+    """--probe-tool auto (the default) on a host without arp-scan: the exported script probes with iputils'
+    arping instead and still refuses the address someone has, with nothing changed."""
+    tools = tmp_path / "bin"  # this host's programs, arp-scan left out
+    tools.mkdir()
+    for directory in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        for program in Path(directory).iterdir():
+            if program.name != "arp-scan" and not (tools / program.name).is_symlink():
+                (tools / program.name).symlink_to(program)
+    args = ["--mode", "macvlan", "--prefix", prefix, "--dhcp", "none", "--count", "2"]
+    script = tmp_path / "setup.sh"
+    script.write_text(multiip("render", *args, "--address", f"{lab.second_router}/16").stdout)
+    before = host_state(lab.host_ns, prefix)
+    cp = sh("bash", str(script), netns=lab.host_ns, check=False, env={"PATH": str(tools), "LC_ALL": "C"})
+    last = cp.stderr.strip().splitlines()[-1]
+    assert cp.returncode != 0 and f"address {lab.second_router} is answered on the LAN (by " in last, cp.stderr
+    assert host_state(lab.host_ns, prefix) == before
+
+
 def test_doctor_probes_from_a_new_mac_only_when_asked(lab: labmod.Lab) -> None:
     log = (lab.state_dir / "dnsmasq.log").read_text()
     found = json.loads(multiip("doctor", "--json", netns=lab.host_ns).stdout)
