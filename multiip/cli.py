@@ -106,6 +106,7 @@ def render_cmd(
     dhcp6: options.Dhcp6 = D.dhcp6,
     bridge_tool: options.BridgeToolOption = D.bridge_tool,
     probe_tool: options.ProbeToolOption = D.probe_tool,
+    probe_wait: options.ProbeWait = D.probe_wait,
     host_dhcp: options.HostDhcp = D.host_dhcp,
     lease_timeout: options.LeaseTimeout = D.lease_timeout,
     tune_host: options.TuneHost = D.tune_host,
@@ -136,7 +137,8 @@ def render_cmd(
             count=count, mode=mode, prefix=prefix, bridge=bridge, uplink=uplink, dhcp=dhcp, family=family,
             address=address, addresses=addresses, gateway=gateway, port_range=port_range, off_subnet=off_subnet,
             local_route=local_route, dhcp6=dhcp6, bridge_tool=bridge_tool, probe_tool=probe_tool,
-            host_dhcp=host_dhcp, lease_timeout=lease_timeout, tune_host=tune_host, confirm=confirm,
+            probe_wait=probe_wait, host_dhcp=host_dhcp, lease_timeout=lease_timeout, tune_host=tune_host,
+            confirm=confirm,
         )
     )  # fmt: skip
     if systemd is None:
@@ -171,6 +173,7 @@ def run(
     dhcp6: options.Dhcp6 = D.dhcp6,
     bridge_tool: options.BridgeToolOption = D.bridge_tool,
     probe_tool: options.ProbeToolOption = D.probe_tool,
+    probe_wait: options.ProbeWait = D.probe_wait,
     host_dhcp: options.HostDhcp = D.host_dhcp,
     lease_timeout: options.LeaseTimeout = D.lease_timeout,
     tune_host: options.TuneHost = D.tune_host,
@@ -191,7 +194,8 @@ def run(
             count=count, mode=mode, prefix=prefix, bridge=bridge, uplink=uplink, dhcp=dhcp, family=family,
             address=address, addresses=addresses, gateway=gateway, port_range=port_range, off_subnet=off_subnet,
             local_route=local_route, dhcp6=dhcp6, bridge_tool=bridge_tool, probe_tool=probe_tool,
-            host_dhcp=host_dhcp, lease_timeout=lease_timeout, tune_host=tune_host, confirm=confirm,
+            probe_wait=probe_wait, host_dhcp=host_dhcp, lease_timeout=lease_timeout, tune_host=tune_host,
+            confirm=confirm,
         )
     )  # fmt: skip
     script = render.setup_script(plan)

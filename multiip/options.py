@@ -98,6 +98,7 @@ class Setup:
     dhcp6: bool = False  # a DHCPv6 client per namespace too (where the LAN hands out addresses by DHCPv6)
     bridge_tool: BridgeTool = BridgeTool.ip
     probe_tool: ProbeTool = ProbeTool.auto
+    probe_wait: int = 500  # milliseconds the duplicate-address probe waits for answers (arp-scan's own default)
     host_dhcp: bool = False
     lease_timeout: int = 30
     tune_host: bool = False
@@ -120,6 +121,7 @@ class Setup:
 
 
 DEFAULT = Setup()
+PROBE_WAIT = (100, 10000)  # the milliseconds --probe-wait may give
 
 
 def arp_probed(version: int | None, local_route: bool) -> bool:
@@ -230,6 +232,16 @@ ProbeToolOption = Annotated[
         "--probe-tool",
         help="What sends the duplicate-address probe (ARP from 0.0.0.0) of static IPv4 addresses: arp-scan (one "
         "process for all), arping (iputils, one per address), or auto: arp-scan where the script runs has it.",
+    ),
+]
+ProbeWait = Annotated[
+    int,
+    typer.Option(
+        "--probe-wait",
+        metavar="MS",
+        help="Milliseconds the duplicate-address probe of static IPv4 addresses waits for an answer after its "
+        f"last ARP ({PROBE_WAIT[0]}..{PROBE_WAIT[1]}; arping waits whole seconds, rounded up). A host on a LAN "
+        "answers within milliseconds; raise it for a slow or lossy one.",
     ),
 ]
 HostDhcp = Annotated[
@@ -523,6 +535,14 @@ def setup(**given: Any) -> Setup:
             "--probe-tool picks what probes static IPv4 addresses on the LAN: give them with --address or --addresses"
             " (a --local-route block and IPv6 addresses are not probed by ARP)"
         )
+    probe_wait = int(v["probe_wait"])
+    if not PROBE_WAIT[0] <= probe_wait <= PROBE_WAIT[1]:
+        raise MultiipError(f"--probe-wait {probe_wait}: give {PROBE_WAIT[0]}..{PROBE_WAIT[1]} milliseconds")
+    if probe_wait != DEFAULT.probe_wait and not arp_probed(version, bool(v["local_route"])):
+        raise MultiipError(
+            "--probe-wait is how long the probe of static IPv4 addresses on the LAN waits: give them with --address"
+            " or --addresses (a --local-route block and IPv6 addresses are not probed by ARP)"
+        )
     if v["host_dhcp"] and client == Dhcp.none:
         raise MultiipError("--host-dhcp needs a DHCP client: pick one with --dhcp")
     tool = choice(v["bridge_tool"], BridgeTool, "--bridge-tool")
@@ -560,6 +580,7 @@ def setup(**given: Any) -> Setup:
         dhcp6=bool(v["dhcp6"]),
         bridge_tool=tool,
         probe_tool=probe_tool,
+        probe_wait=probe_wait,
         host_dhcp=bool(v["host_dhcp"]),
         lease_timeout=lease_timeout,
         tune_host=bool(v["tune_host"]),

@@ -120,6 +120,12 @@ def test_plan_rules() -> None:
         with pytest.raises(MultiipError, match="--probe-tool picks what probes static IPv4"):
             make_plan(probe_tool="arping", **unprobed)
     assert setup(address="198.18.1.1/15", probe_tool="arp-scan").probe_tool == "arp-scan"
+    for wait in (99, 10001, 0, -1):
+        with pytest.raises(MultiipError, match=f"--probe-wait {wait}: give 100..10000 milliseconds"):
+            make_plan(address="198.18.1.1/15", probe_wait=wait)
+    with pytest.raises(MultiipError, match="--probe-wait is how long the probe of static IPv4"):
+        make_plan(address="2001:db8::10/64", probe_wait=1000)
+    assert setup(address="198.18.1.1/15", probe_wait=1000).args()[-2:] == ["--probe-wait", "1000"]
     with pytest.raises(MultiipError, match="over 15 characters"):
         make_plan(prefix="abcdefghijkl", count=100)  # abcdefghijkl-b99 is 16 characters
     with pytest.raises(MultiipError, match="--confirm"):

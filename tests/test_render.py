@@ -183,6 +183,18 @@ def test_the_probe_tool_is_the_one_asked_for_or_chosen_where_the_script_runs() -
     assert "PROBE_TOOL" not in code(setup_script(make_plan(count=3)))  # DHCP: nothing to probe
 
 
+def test_the_probe_waits_what_probe_wait_gives() -> None:
+    """arp-scan waits the milliseconds; iputils' arping takes whole seconds, rounded up (never less)."""
+    for wait, scan, ping in (
+        (500, "--timeout=500 ", "-w 1 "),
+        (2500, "--timeout=2500 ", "-w 3 "),
+        (3000, "--timeout=3000 ", "-w 3 "),
+    ):
+        body = code(setup_script(make_plan(address="198.18.1.1/15", count=3, probe_wait=wait)))
+        assert f'arp-scan --interface="$dev" --arpspa=0.0.0.0 --retry=1 {scan}' in body, wait
+        assert f"arping -D -c 1 {ping}" in body, wait
+
+
 def test_host_resolv_conf_never_a_target() -> None:
     """Clients write their own resolver files; the host's is only ever a bind-mount target."""
     for case in SCRIPTS.values():
