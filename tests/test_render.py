@@ -180,6 +180,10 @@ def test_the_probe_tool_is_the_one_asked_for_or_chosen_where_the_script_runs() -
         assert not [word for word in others if word in body], tool
     auto = code(setup_script(make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21")))
     assert "command -v arp-scan" in auto and "arp-scan --interface=" in auto and "arping -D" in auto
+    # an arping that is not iputils' reads -D otherwise: refused in the preflight, before anything changes
+    for tool, checked in (("auto", True), ("arping", True), ("arp-scan", False)):
+        body = code(setup_script(make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21", probe_tool=tool)))
+        assert ("arping -V 2>&1 | grep -q iputils" in body) == checked, tool
     assert "PROBE_TOOL" not in code(setup_script(make_plan(count=3)))  # DHCP: nothing to probe
 
 
