@@ -240,8 +240,8 @@ ProbeWait = Annotated[
         "--probe-wait",
         metavar="MS",
         help="Milliseconds the duplicate-address probe of static IPv4 addresses waits for an answer after its "
-        f"last ARP ({PROBE_WAIT[0]}..{PROBE_WAIT[1]}; arping waits whole seconds, rounded up). A host on a LAN "
-        "answers within milliseconds; raise it for a slow or lossy one.",
+        f"last ARP ({PROBE_WAIT[0]}..{PROBE_WAIT[1]}; arping: whole seconds, rounded up, a request a second). A host "
+        "on a LAN answers within milliseconds; raise it for a slow or lossy one.",
     ),
 ]
 HostDhcp = Annotated[

@@ -188,15 +188,50 @@ def test_the_probe_tool_is_the_one_asked_for_or_chosen_where_the_script_runs() -
 
 
 def test_the_probe_waits_what_probe_wait_gives() -> None:
-    """arp-scan waits the milliseconds; iputils' arping takes whole seconds, rounded up (never less)."""
+    """arp-scan waits the milliseconds; iputils' arping takes whole seconds, rounded up (never less), with as
+    many requests: it waits no longer than its requests (-c), whatever its -w says."""
     for wait, scan, ping in (
-        (500, "--timeout=500 ", "-w 1 "),
-        (2500, "--timeout=2500 ", "-w 3 "),
-        (3000, "--timeout=3000 ", "-w 3 "),
+        (500, "--timeout=500 ", "-c 1 -w 1 "),
+        (2500, "--timeout=2500 ", "-c 3 -w 3 "),
+        (3000, "--timeout=3000 ", "-c 3 -w 3 "),
     ):
         body = code(setup_script(make_plan(address="198.18.1.1/15", count=3, probe_wait=wait)))
         assert f'arp-scan --interface="$dev" --arpspa=0.0.0.0 --retry=1 {scan}' in body, wait
-        assert f"arping -D -c 1 {ping}" in body, wait
+        assert f"arping -D {ping}" in body, wait
+
+
+@pytest.mark.parametrize(
+    ("answers", "last"),
+    [
+        ("0 none\n1 none\nend 2\n", "no host on the LAN answers for the 2 new addresses"),
+        ("0 reply 02:00:00:00:00:01\n1 none\nend 2\n", "no host on the LAN answers for the 2 new addresses"),
+        ("0 none\n1 reply 0a:0b:0c:0d:0e:0f\n1 reply 02:00:00:00:00:01\nend 2\n", "answered on the LAN (by 0a:0b"),
+        ("0 none\nend 2\n", "answered for 1 of its 2 addresses"),
+        ("0 none\n1 none\n", "did not finish"),
+        ("\nend 2\n", "answered for 0 of its 2 addresses"),
+        ("0 none\n1 failed arp-scan exit 1: bad\nend 2\n", "probe of 10.0.1.21 on eth0 failed (arp-scan exit 1: bad)"),
+    ],
+)
+def test_the_probes_answers_are_read_whole(answers: str, last: str, tmp_path: Path) -> None:
+    """probe_check, the rendered function itself, over a probe's lines (own MAC 02:00:00:00:00:01): an
+    answer from someone else, a failure, a probe that stopped early or left an address out stop the setup."""
+    script = setup_script(make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21"))
+    function = re.search(r"^probe_check\(\) \{.*?^\}$", script, re.S | re.M)
+    assert function is not None
+    (tmp_path / "answers").write_text(answers)
+    harness = f"""set -Eeuo pipefail
+say() {{ echo "say: $*" >&2; }}
+die() {{ echo "die: $*" >&2; exit 1; }}
+find_cloud() {{ CLOUD=""; }}
+ip() {{ echo "2: eth0: <UP> mtu 1500 link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff"; }}
+ADDRESSES=(10.0.1.20/24 10.0.1.21/24) PROBE_DEV=eth0 PROBE_TOOL=arp-scan
+exec {{PROBE_FD}}<{tmp_path / "answers"}
+{function.group(0)}
+probe_check
+"""
+    cp = subprocess.run(["bash", "-c", harness], capture_output=True, text=True)
+    assert last in cp.stderr.strip().splitlines()[-1], cp.stderr
+    assert (cp.returncode == 0) == last.startswith("no host"), cp.stderr
 
 
 def test_host_resolv_conf_never_a_target() -> None:
