@@ -207,6 +207,17 @@ class UMLError(RuntimeError):
     """UML could not boot, died, or stopped answering."""
 
 
+class UMLHostUnsupported(UMLError):
+    """This host's CPU keeps more register state than Debian's UML 6.1 saves: it cannot run here at all.
+
+    The host takes a process's extended registers (PTRACE_SETREGSET NT_X86_XSTATE) only as the whole XSAVE
+    area (11,008 bytes with AMX, measured on such a host); UML 6.1 hands it a smaller one, gets EFAULT,
+    says so on its console and kills its init. Newer UML sizes the area from the host's CPUID."""
+
+
+FP_REGS_FAILED = "ptrace set fp regs failed"  # UML's console line when the host refuses its FP state
+
+
 def missing() -> str | None:
     """Why UML cannot run here (None: it can)."""
     if not os.access(KERNEL, os.X_OK):
@@ -391,6 +402,11 @@ class UML:
         while not done():
             assert self.proc is not None
             if self.proc.poll() is not None:
+                if FP_REGS_FAILED in self.console(tail=0):
+                    raise UMLHostUnsupported(
+                        f"UML exited ({self.proc.returncode}) during {what}: this CPU's register state is larger "
+                        f"than UML 6.1 saves (its console: {FP_REGS_FAILED!r})"
+                    )
                 raise UMLError(f"UML exited ({self.proc.returncode}) during {what}\n{self.console()}")
             if deadline is not None and time.monotonic() > deadline:
                 self.kill()
@@ -399,11 +415,11 @@ class UML:
             pause = min(pause * 2, 0.01)
 
     def console(self, tail: int = 40) -> str:
-        """The last lines of the guest's console (kernel messages, init's)."""
+        """The last lines of the guest's console (kernel messages, init's); tail 0: all of it."""
         if self.dir is None or not (self.dir / "console.log").exists():
             return ""
         lines = (self.dir / "console.log").read_bytes().decode(errors="replace").splitlines()
-        return "\n".join(lines[-tail:])
+        return "\n".join(lines[-tail:] if tail else lines)
 
     def kill(self) -> None:
         """Kill UML and its helpers now (the supervisor kills their process group), and reap the supervisor."""
