@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # user-mode-linux, kmod: the test kernel (tests/kernel.py) for what this machine's kernel may lack (ipvlan, 8021q)
+# patchelf: the test kernel from Debian unstable where Debian 12's cannot run (tests/kernel.py fetch_sid)
 DEBS = iproute2 bridge-utils isc-dhcp-client udhcpc dhcpcd-base dnsmasq-base shellcheck util-linux procps \
        network-manager dbus-daemon systemd nginx-light wrk nftables iputils-arping arp-scan python3 python3-venv \
-       user-mode-linux kmod
+       user-mode-linux kmod patchelf
 # what `make bench` compares multiip with: CNI's bridge plugin, a C client (gcc)
 BENCH_DEBS = containernetworking-plugins gcc libc6-dev
 export PATH := $(PATH):/usr/sbin:/sbin

@@ -16,13 +16,14 @@ HERE = Path(__file__).parent
 
 
 def main() -> dict[str, Any]:
-    with kernel.UML(mem="4G") as box:
+    with kernel.booted(mem="4G") as box:
+        which = box.kernel.name
         cp = box.run([kernel.python(), str(HERE / "modes.py"), "300"], cwd=str(HERE.parent), timeout=3600,
                      env={"PYTHONPATH": str(HERE.parent / "tests")})  # fmt: skip
     if cp.returncode != 0:
         raise SystemExit(f"modes in the test kernel failed:\n{cp.stdout[-3000:]}\n{cp.stderr[-3000:]}")
     out: dict[str, Any] = json.loads(cp.stdout.strip().splitlines()[-1])
-    out["where"] = "the test kernel: user-mode Linux, one CPU"
+    out["where"] = f"the test kernel: user-mode Linux, one CPU ({which})"
     save("modes-test-kernel", out)
     return out
 

@@ -80,6 +80,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -87,9 +88,21 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 GUEST_IO = "/run/uml/io"  # the host's scratch io/ directory, as the guest sees it
 MODULES = ("veth", "bridge", "macvlan", "ipvlan", "8021q", "ipv6")  # the rest load when first used
-KERNEL = "/usr/bin/linux.uml"
-MODULES_DIR = Path("/usr/lib/uml/modules")
-DEBS = ("user-mode-linux", "kmod")
+DEBS = ("user-mode-linux", "kmod", "patchelf")
+SID_DIR = Path(os.environ.get("MULTIIP_UML_SID_DIR", "/var/cache/multiip/uml-sid"))  # fetch_sid()'s
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A UML to boot: its program, its modules (a directory per version), and what it is."""
+
+    binary: Path
+    modules: Path
+    name: str
+
+
+DEBIAN = Kernel(Path("/usr/bin/linux.uml"), Path("/usr/lib/uml/modules"), "Debian 12's user-mode-linux (Linux 6.1)")
+SID = Kernel(SID_DIR / "linux.uml", SID_DIR / "root/usr/lib/uml/modules", "Debian unstable's user-mode-linux")
 GUEST_PATH = "/run/uml/io/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_ENV = {
     "PATH": GUEST_PATH,
@@ -218,23 +231,66 @@ class UMLHostUnsupported(UMLError):
 FP_REGS_FAILED = "ptrace set fp regs failed"  # UML's console line when the host refuses its FP state
 
 
-def missing() -> str | None:
+def missing(kernel: Kernel = DEBIAN) -> str | None:
     """Why UML cannot run here (None: it can)."""
-    if not os.access(KERNEL, os.X_OK):
-        return f"needs {KERNEL} (Debian package user-mode-linux)"
+    if not os.access(kernel.binary, os.X_OK):
+        return f"needs {kernel.binary} ({kernel.name})"
     if not shutil.which("modprobe", path="/usr/sbin:/sbin:/usr/bin:/bin"):
         return "needs modprobe (Debian package kmod)"
-    if not MODULES_DIR.is_dir() or not any(MODULES_DIR.iterdir()):
-        return f"needs the UML modules in {MODULES_DIR}"
+    if not kernel.modules.is_dir() or not any(kernel.modules.iterdir()):
+        return f"needs the UML modules in {kernel.modules}"
     return None
+
+
+def fetch_sid() -> Kernel:
+    """Debian unstable's user-mode-linux, for a host whose CPU Debian 12's cannot run on (UMLHostUnsupported):
+    its package and unstable's libc6 (it needs a newer glibc than Debian 12's) downloaded by apt-get with a
+    package list of their own (the host's apt sources, lists and cache are not touched; the archive's
+    signature is checked with the host's Debian keyring), unpacked into SID_DIR, and the program's
+    interpreter and library path pointed at that libc (patchelf). Nothing is installed on the host."""
+    if missing(SID) is None:
+        return SID
+    if os.geteuid() != 0:
+        raise UMLError(f"{missing(SID)}: fetch it as root (tests/kernel.py fetch_sid)")
+    ensure_packages()  # patchelf, kmod
+    work = SID_DIR.with_name(SID_DIR.name + ".new")
+    shutil.rmtree(work, ignore_errors=True)
+    for sub in ("lists/partial", "archives/partial", "cache", "debs", "root"):
+        (work / sub).mkdir(parents=True)
+    (work / "sources.list").write_text("deb http://deb.debian.org/debian sid main\n")
+    apt = [
+        "apt-get", "-q",
+        "-o", f"Dir::Etc::SourceList={work / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
+        "-o", f"Dir::State::Lists={work / 'lists'}", "-o", f"Dir::Cache={work / 'cache'}",
+        "-o", f"Dir::Cache::Archives={work / 'archives'}",
+    ]  # fmt: skip
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in ([*apt, "update"], [*apt, "download", "user-mode-linux", "libc6"]):
+        cp = subprocess.run(argv, env=env, cwd=work / "debs", capture_output=True, text=True)
+        if cp.returncode != 0:
+            raise UMLError(f"fetching {SID.name} failed: {' '.join(argv[-2:])}: {cp.stderr.strip()[-500:]}")
+    for deb in sorted((work / "debs").glob("*.deb")):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "root")], check=True)
+    libc = SID_DIR / "root/usr/lib/x86_64-linux-gnu"  # where it will be once work/ is SID_DIR
+    shutil.copy(work / "root/usr/bin/linux.uml", work / "linux.uml")
+    subprocess.run(
+        ["patchelf", "--set-interpreter", str(libc / "ld-linux-x86-64.so.2"), "--set-rpath", str(libc),
+         str(work / "linux.uml")],
+        check=True,
+    )  # fmt: skip
+    shutil.rmtree(SID_DIR, ignore_errors=True)
+    work.rename(SID_DIR)
+    if (why := missing(SID)) is not None:
+        raise UMLError(why)
+    return SID
 
 
 def ensure_packages() -> None:
     """apt-get install user-mode-linux and kmod where they are missing (as root; an apt-get update if needed)."""
-    if missing() is None:
+    if missing() is None and shutil.which("patchelf"):
         return
     if os.geteuid() != 0:
-        raise UMLError(f"{missing()}: install it as root: apt-get install -y {' '.join(DEBS)}")
+        raise UMLError(f"{missing() or 'needs patchelf'}: install it as root: apt-get install -y {' '.join(DEBS)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *DEBS]
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
@@ -277,7 +333,9 @@ class UML:
         kernel_args: Sequence[str] = (),
         cpu: int | None = None,
         pin: bool = True,
+        kernel: Kernel = DEBIAN,
     ) -> None:
+        self.kernel = kernel
         self.mem = mem
         self.modules = tuple(modules)
         self.boot_timeout = boot_timeout
@@ -300,7 +358,7 @@ class UML:
     def command_line(self) -> list[str]:
         assert self.dir is not None
         args = [
-            KERNEL,
+            str(self.kernel.binary),
             f"mem={self.mem}",
             "root=/dev/root",
             "rootfstype=hostfs",
@@ -368,7 +426,7 @@ class UML:
         (d / "uml").mkdir()
         for sub in ("kmods/lib/modules", "bin", "dev"):
             (io / sub).mkdir(parents=True)
-        for version in MODULES_DIR.iterdir():
+        for version in self.kernel.modules.iterdir():
             (io / "kmods/lib/modules" / version.name).symlink_to(version)
         (io / "bin/modprobe").write_text(f'#!/bin/sh\nexec /sbin/modprobe -d {GUEST_IO}/kmods "$@"\n')
         (io / "bin/modprobe").chmod(0o755)
@@ -525,6 +583,15 @@ class UML:
         return self.dir / "io"
 
 
+def booted(mem: str = "2G", **settings: Any) -> UML:
+    """A started UML: Debian 12's, or on a host whose CPU it cannot run on (UMLHostUnsupported) Debian
+    unstable's, fetched on first use (fetch_sid). Any other failure is raised as it is."""
+    try:
+        return UML(mem=mem, **settings).start()
+    except UMLHostUnsupported:
+        return UML(mem=mem, kernel=fetch_sid(), **settings).start()
+
+
 def run_in_uml(
     argv: Sequence[str],
     timeout: float | None = 60,
@@ -534,7 +601,7 @@ def run_in_uml(
     input: str | bytes | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Boot UML, run one command in it (see UML.run), power it off."""
-    with UML(mem=mem) as box:
+    with booted(mem=mem) as box:
         return box.run(argv, timeout=timeout, env=env, cwd=cwd, input=input)
 
 
