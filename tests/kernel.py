@@ -139,7 +139,10 @@ mount -t proc proc /proc || die "mount proc"
 # proc, sys, dev, run, tmp, etc/netns and run/uml/io (hostfs: io/) are mounted (io/fstab) before pivot_root.
 mount -t tmpfs -o mode=0755 tmpfs /run || die "tmpfs /run"
 mkdir -p /run/s/upper /run/s/work /run/s/root || die "mkdir /run/s"
-modprobe -d "$io/kmods" -a overlay ${UML_MODULES//,/ } || die "modprobe overlay ${UML_MODULES//,/ }"
+mount -t sysfs sysfs /sys || die "mount sys"
+wanted=()  # those not built in (Debian 12's UML has ipv6 as a module, unstable's built in: /sys/module/ipv6)
+for m in overlay ${UML_MODULES//,/ }; do [[ -d /sys/module/$m ]] || wanted+=("$m"); done
+modprobe -d "$io/kmods" -a "${wanted[@]}" || die "modprobe ${wanted[*]}"
 mount -a -T "$io/fstab" || die "mount -a -T $io/fstab"
 cd /run/s/root && pivot_root . . && umount -l . && cd / || die "pivot_root"
 io=/run/uml/io
