@@ -4,7 +4,8 @@ This machine's kernel may lack ipvlan or 8021q (vlan). Debian's ``user-mode-linu
 host program, ``/usr/bin/linux.uml``) has them, with veth, bridge, macvlan and the rest, as modules under
 ``/usr/lib/uml/modules/<version>``; ``kmod`` (modprobe) loads them inside. The Makefile's deps and .ci/run
 install both Debian packages; :func:`ensure_packages` (called by :meth:`UML.start`) installs them too when they
-are missing (as root, apt-get).
+are missing (as root, apt-get). On a host whose CPU Debian 12's UML cannot run on (AMX: UMLHostUnsupported),
+:func:`booted` takes Debian unstable's instead (:func:`fetch_sid`: downloaded, never installed).
 
 Usage (a pytest module boots once, its tests share the boot; ``reset()`` between them if they must)::
 
