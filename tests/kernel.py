@@ -580,6 +580,11 @@ class UML:
         self.sh(RESET, timeout=timeout, check=True)
 
     @property
+    def release(self) -> str:
+        """The kernel release UML's modules are for (its ``uname -r``): the one directory of its modules."""
+        (version,) = (d.name for d in self.kernel.modules.iterdir() if d.is_dir())
+        return version
+
     def io_dir(self) -> Path:
         """The host's side of GUEST_IO: a file put here is seen inside (``GUEST_IO/name``)."""
         if self.dir is None:

@@ -26,7 +26,11 @@ def test_the_second_kernel_runs_every_test_that_needs_it() -> None:
     with kernel.booted(mem="4G") as box:
         cp = box.run(
             [kernel.python(), "-m", "pytest", "-rA", "-q", "-p", "no:cacheprovider", "tests/test_second_kernel.py"],
-            env={"MULTIIP_IN_TEST_KERNEL": "1", "MULTIIP_REQUIRE_ROOT_TESTS": "1"},
+            env={
+                "MULTIIP_IN_TEST_KERNEL": "1",
+                "MULTIIP_REQUIRE_ROOT_TESTS": "1",
+                "MULTIIP_TEST_KERNEL_RELEASE": box.release(),
+            },
             timeout=2400,
         )
         release = box.run(["uname", "-r"]).stdout.strip()
