@@ -1,4 +1,4 @@
-"""The test kernel: tests/test_second_kernel.py, run inside user-mode Linux 6.1 (tests/kernel.py) in one boot.
+"""The test kernel: tests/test_second_kernel.py, run inside user-mode Linux (tests/kernel.py) in one boot.
 
 There are the tests that need what this machine's kernel may lack (ipvlan, 8021q) and every mode once more on a
 second kernel version; on this machine they are deselected (conftest.py), never skipped. Inside, they run as

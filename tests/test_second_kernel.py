@@ -1,6 +1,7 @@
 """What needs a kernel this machine's may lack (ipvlan, 8021q), and every mode on a second kernel: these run
-inside a test kernel (user-mode Linux 6.1, tests/kernel.py), where tests/test_kernel.py runs this module; on
-the machine itself they are deselected, never skipped. The same lab, multiip and assertions as elsewhere."""
+inside a test kernel (user-mode Linux 6.1, or 7.2 from Debian unstable: tests/kernel.py), where
+tests/test_kernel.py runs this module; on the machine itself they are deselected, never skipped. The same
+lab, multiip and assertions as elsewhere."""
 
 from __future__ import annotations
 
