@@ -585,6 +585,7 @@ class UML:
         (version,) = (d.name for d in self.kernel.modules.iterdir() if d.is_dir())
         return version
 
+    @property
     def io_dir(self) -> Path:
         """The host's side of GUEST_IO: a file put here is seen inside (``GUEST_IO/name``)."""
         if self.dir is None:

@@ -29,7 +29,7 @@ def test_the_second_kernel_runs_every_test_that_needs_it() -> None:
             env={
                 "MULTIIP_IN_TEST_KERNEL": "1",
                 "MULTIIP_REQUIRE_ROOT_TESTS": "1",
-                "MULTIIP_TEST_KERNEL_RELEASE": box.release(),
+                "MULTIIP_TEST_KERNEL_RELEASE": box.release,
             },
             timeout=2400,
         )
