@@ -225,11 +225,11 @@ class UMLError(RuntimeError):
 
 
 class UMLHostUnsupported(UMLError):
-    """This host's CPU keeps more register state than Debian's UML 6.1 saves: it cannot run here at all.
+    """This host's CPU keeps more register state than this UML saves: it cannot run here at all.
 
     The host takes a process's extended registers (PTRACE_SETREGSET NT_X86_XSTATE) only as the whole XSAVE
-    area (11,008 bytes with AMX, measured on such a host); UML 6.1 hands it a smaller one, gets EFAULT,
-    says so on its console and kills its init. Newer UML sizes the area from the host's CPUID."""
+    area (11,008 bytes with AMX, measured on such a host); Debian 12's UML 6.1 and Debian 13's 6.12 hand it a
+    smaller one, get EFAULT, say so on the console and lose init. Debian unstable's 7.2 boots there."""
 
 
 FP_REGS_FAILED = "ptrace set fp regs failed"  # UML's console line when the host refuses its FP state
@@ -467,7 +467,7 @@ class UML:
                 if FP_REGS_FAILED in self.console(tail=0):
                     raise UMLHostUnsupported(
                         f"UML exited ({self.proc.returncode}) during {what}: this CPU's register state is larger "
-                        f"than UML 6.1 saves (its console: {FP_REGS_FAILED!r})"
+                        f"than {self.kernel.name} saves (its console: {FP_REGS_FAILED!r})"
                     )
                 raise UMLError(f"UML exited ({self.proc.returncode}) during {what}\n{self.console()}")
             if deadline is not None and time.monotonic() > deadline:
