@@ -529,20 +529,18 @@ def setup(**given: Any) -> Setup:
         raise MultiipError("--gateway goes with --address or --addresses (DHCP gives the gateway otherwise)")
     if first is not None:
         address_block(first, n, gw)
+    probed = arp_probed(version, bool(v["local_route"]))
+    unprobed = (
+        "give them with --address or --addresses (a --local-route block and IPv6 addresses are not probed by ARP)"
+    )
     probe_tool = choice(v["probe_tool"], ProbeTool, "--probe-tool")
-    if probe_tool != ProbeTool.auto and not arp_probed(version, bool(v["local_route"])):
-        raise MultiipError(
-            "--probe-tool picks what probes static IPv4 addresses on the LAN: give them with --address or --addresses"
-            " (a --local-route block and IPv6 addresses are not probed by ARP)"
-        )
+    if probe_tool != ProbeTool.auto and not probed:
+        raise MultiipError(f"--probe-tool picks what probes static IPv4 addresses on the LAN: {unprobed}")
     probe_wait = int(v["probe_wait"])
     if not PROBE_WAIT[0] <= probe_wait <= PROBE_WAIT[1]:
         raise MultiipError(f"--probe-wait {probe_wait}: give {PROBE_WAIT[0]}..{PROBE_WAIT[1]} milliseconds")
-    if probe_wait != DEFAULT.probe_wait and not arp_probed(version, bool(v["local_route"])):
-        raise MultiipError(
-            "--probe-wait is how long the probe of static IPv4 addresses on the LAN waits: give them with --address"
-            " or --addresses (a --local-route block and IPv6 addresses are not probed by ARP)"
-        )
+    if probe_wait != DEFAULT.probe_wait and not probed:
+        raise MultiipError(f"--probe-wait is how long the probe of static IPv4 addresses on the LAN waits: {unprobed}")
     if v["host_dhcp"] and client == Dhcp.none:
         raise MultiipError("--host-dhcp needs a DHCP client: pick one with --dhcp")
     tool = choice(v["bridge_tool"], BridgeTool, "--bridge-tool")
