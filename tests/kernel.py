@@ -256,7 +256,7 @@ def fetch_sid() -> Kernel:
         return SID
     if os.geteuid() != 0:
         raise UMLError(f"{missing(SID)}: fetch it as root (tests/kernel.py fetch_sid)")
-    ensure_packages()  # patchelf, kmod
+    ensure_packages(("patchelf",))
     work = SID_DIR.with_name(SID_DIR.name + ".new")
     shutil.rmtree(work, ignore_errors=True)
     for sub in ("lists/partial", "archives/partial", "cache", "debs", "root"):
@@ -289,12 +289,14 @@ def fetch_sid() -> Kernel:
     return SID
 
 
-def ensure_packages() -> None:
-    """apt-get install user-mode-linux and kmod where they are missing (as root; an apt-get update if needed)."""
-    if missing() is None and shutil.which("patchelf"):
+def ensure_packages(tools: Sequence[str] = ()) -> None:
+    """apt-get install DEBS where UML, kmod or one of ``tools`` (programs from DEBS) is missing (as root; an
+    apt-get update if needed)."""
+    why = missing() or next((f"needs {tool}" for tool in tools if not shutil.which(tool)), None)
+    if why is None:
         return
     if os.geteuid() != 0:
-        raise UMLError(f"{missing() or 'needs patchelf'}: install it as root: apt-get install -y {' '.join(DEBS)}")
+        raise UMLError(f"{why}: install it as root: apt-get install -y {' '.join(DEBS)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *DEBS]
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
