@@ -1,3 +1,3 @@
-from multiip.cli import main
+from multiip.cli import command
 
-main()
+command()

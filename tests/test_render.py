@@ -234,6 +234,32 @@ probe_check
     assert (cp.returncode == 0) == last.startswith("no host"), cp.stderr
 
 
+@pytest.mark.parametrize(
+    ("address", "net", "verdict"),
+    [
+        ("198.18.100.1", "198.18.0.2/15", "in"),
+        ("198.20.0.1", "198.18.0.2/15", "out"),
+        ("198.18.0.0", "198.18.0.2/15", "in first"),
+        ("198.19.255.255", "198.18.0.2/15", "in last"),
+        ("10.0.1.255", "10.0.1.7/24", "in last"),
+        ("10.0.2.0", "10.0.1.7/24", "out"),
+        ("255.255.255.254", "255.255.255.255/31", "in"),
+        ("0.0.0.1", "0.0.0.0/0", "in"),
+        ("1.2.3.4", "1.2.3.4/32", "in"),
+    ],
+)
+def test_in_subnet_the_rendered_function(address: str, net: str, verdict: str) -> None:
+    """in_subnet and ip_int as rendered: in the subnet or not, and its network (FIRST) and broadcast
+    (LAST) addresses, the /31 and /32 having neither."""
+    script = code(setup_script(make_plan(address="198.18.1.1/15", count=3)))
+    functions = [re.search(rf"^{name}\(\) \{{.*?^\}}$", script, re.S | re.M) for name in ("ip_int", "in_subnet")]
+    assert all(functions)
+    harness = "\n".join(f.group(0) for f in functions if f) + f"""
+if in_subnet {address} {net}; then echo "in${{FIRST:+ first}}${{LAST:+ last}}"; else echo out; fi
+"""
+    assert subprocess.run(["bash", "-c", harness], capture_output=True, text=True, check=True).stdout.strip() == verdict
+
+
 def test_host_resolv_conf_never_a_target() -> None:
     """Clients write their own resolver files; the host's is only ever a bind-mount target."""
     for case in SCRIPTS.values():
