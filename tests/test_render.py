@@ -254,9 +254,8 @@ def test_in_subnet_the_rendered_function(address: str, net: str, verdict: str) -
     script = code(setup_script(make_plan(address="198.18.1.1/15", count=3)))
     functions = [re.search(rf"^{name}\(\) \{{.*?^\}}$", script, re.S | re.M) for name in ("ip_int", "in_subnet")]
     assert all(functions)
-    harness = "\n".join(f.group(0) for f in functions if f) + f"""
-if in_subnet {address} {net}; then echo "in${{FIRST:+ first}}${{LAST:+ last}}"; else echo out; fi
-"""
+    check = f'if in_subnet {address} {net}; then echo "in${{FIRST:+ first}}${{LAST:+ last}}"; else echo out; fi'
+    harness = "\n".join([*(f.group(0) for f in functions if f), check])
     assert subprocess.run(["bash", "-c", harness], capture_output=True, text=True, check=True).stdout.strip() == verdict
 
 
