@@ -101,6 +101,26 @@ def test_internal_error_is_one_line_too(monkeypatch: pytest.MonkeyPatch, capsys:
     assert len(err.splitlines()) == 1 and "internal error" in err and "Traceback" not in err
 
 
+def test_the_command_ends_with_mains_exit_code_and_all_its_output() -> None:
+    """python -m multiip (cli.command) leaves by os._exit: what it printed is all there, through a pipe, and
+    main()'s exit code is the process's."""
+    from multiip.options import setup
+    from multiip.plan import plan_of
+
+    printed = multiip("render", "--count", "300").stdout
+    assert len(printed) > 65536 and printed == render.setup_script(plan_of(setup(count=300)))
+    assert multiip("render", "--no-such-option", check=False).returncode == 2
+
+
+@pytest.mark.parametrize(("leaves", "code"), [(lambda: None, 0), (lambda: sys.exit(5), 5), (lambda: sys.exit("?"), 1)])
+def test_the_command_exits_with_the_code_main_gives(leaves: Any, code: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    exits: list[int] = []
+    monkeypatch.setattr(cli, "main", leaves)
+    monkeypatch.setattr(cli.os, "_exit", exits.append)
+    cli.command()
+    assert exits == [code]
+
+
 def test_status_json_with_nothing_set_up() -> None:
     data = json.loads(multiip("status", "--prefix", "nothinghere", "--json").stdout)
     assert data["namespaces"] == [] and data["prefix"] == "nothinghere"
