@@ -200,6 +200,13 @@ def test_the_probe_waits_what_probe_wait_gives() -> None:
         assert f"arping -D {ping}" in body, wait
 
 
+def rendered_function(script: str, name: str) -> str:
+    """The bash function NAME as a script renders it, to run by itself."""
+    function = re.search(rf"^{name}\(\) \{{.*?^\}}$", script, re.S | re.M)
+    assert function is not None, name
+    return function.group(0)
+
+
 @pytest.mark.parametrize(
     ("answers", "last"),
     [
@@ -215,9 +222,7 @@ def test_the_probe_waits_what_probe_wait_gives() -> None:
 def test_the_probes_answers_are_read_whole(answers: str, last: str, tmp_path: Path) -> None:
     """probe_check, the rendered function itself, over a probe's lines (own MAC 02:00:00:00:00:01): an
     answer from someone else, a failure, a probe that stopped early or left an address out stop the setup."""
-    script = setup_script(make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21"))
-    function = re.search(r"^probe_check\(\) \{.*?^\}$", script, re.S | re.M)
-    assert function is not None
+    function = rendered_function(setup_script(make_plan(mode="alias", addresses="10.0.1.20,10.0.1.21")), "probe_check")
     (tmp_path / "answers").write_text(answers)
     harness = f"""set -Eeuo pipefail
 say() {{ echo "say: $*" >&2; }}
@@ -226,7 +231,7 @@ find_cloud() {{ CLOUD=""; }}
 ip() {{ echo "2: eth0: <UP> mtu 1500 link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff"; }}
 ADDRESSES=(10.0.1.20/24 10.0.1.21/24) PROBE_DEV=eth0 PROBE_TOOL=arp-scan
 exec {{PROBE_FD}}<{tmp_path / "answers"}
-{function.group(0)}
+{function}
 probe_check
 """
     cp = subprocess.run(["bash", "-c", harness], capture_output=True, text=True)
@@ -251,11 +256,9 @@ probe_check
 def test_in_subnet_the_rendered_function(address: str, net: str, verdict: str) -> None:
     """in_subnet and ip_int as rendered: in the subnet or not, and its network (FIRST) and broadcast
     (LAST) addresses, the /31 and /32 having neither."""
-    script = code(setup_script(make_plan(address="198.18.1.1/15", count=3)))
-    functions = [re.search(rf"^{name}\(\) \{{.*?^\}}$", script, re.S | re.M) for name in ("ip_int", "in_subnet")]
-    assert all(functions)
+    script = setup_script(make_plan(address="198.18.1.1/15", count=3))
     check = f'if in_subnet {address} {net}; then echo "in${{FIRST:+ first}}${{LAST:+ last}}"; else echo out; fi'
-    harness = "\n".join([*(f.group(0) for f in functions if f), check])
+    harness = "\n".join([rendered_function(script, "ip_int"), rendered_function(script, "in_subnet"), check])
     assert subprocess.run(["bash", "-c", harness], capture_output=True, text=True, check=True).stdout.strip() == verdict
 
 
