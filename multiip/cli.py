@@ -124,8 +124,6 @@ def render_cmd(
 
     Example: multiip render --count 20 > setup.sh && multiip render --teardown > teardown.sh
     """
-    from pathlib import Path
-
     from multiip import render
     from multiip.plan import make_target, plan_of
 
@@ -148,11 +146,15 @@ def render_cmd(
         raise MultiipError(
             "--confirm asks on a terminal, which a service at boot does not have: drop it with --systemd"
         )
-    directory = Path(systemd).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in render.systemd_files(plan, str(directory)).items():
-        (directory / name).write_text(text)
-        print(directory / name)
+    directory = options.unit_directory(systemd)
+    files = render.systemd_files(plan, str(directory))
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (directory / name).write_text(text)
+            print(directory / name)
+    except OSError as e:
+        raise MultiipError(f"--systemd {systemd}: cannot write {e.filename}: {e.strerror}") from None
 
 
 @app.command()
@@ -460,6 +462,7 @@ def exec_cmd(
 ) -> None:
     """Run a command in one namespace or in all of them, in parallel, with {ns}, {ip}, {ip6} and {index}
     replaced in its arguments (and MULTIIP_NS, MULTIIP_IP, MULTIIP_IP6, MULTIIP_INDEX in its environment).
+    With --json, stdout is the summary alone, as JSON: the commands' lines go to stderr.
 
     Example: sudo multiip exec --all -- wrk -c 19000 -d 60s http://10.0.0.5/
     """
@@ -481,7 +484,10 @@ def exec_cmd(
     options.parallel(parallel)
     out_dir = Path(output) if output else None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MultiipError(f"exec --output {output}: cannot make that directory: {e.strerror}") from None
     _need_root("exec", "runs commands in the setup's namespaces")
     if prefix is None:
         prefix = state.owner(chosen) if chosen is not None else D.prefix
@@ -502,8 +508,8 @@ def exec_cmd(
             raise MultiipError(f"exec: {chosen} is not a namespace of setup {prefix} ({names})")
     width = max(len(t.namespace) for t in targets)
 
-    def show(namespace: str, line: str) -> None:
-        print(f"{namespace:<{width}} | {line}", flush=True)
+    def show(namespace: str, line: str) -> None:  # with --json, stdout is the JSON alone
+        print(f"{namespace:<{width}} | {line}", flush=True, file=sys.stderr if json_out else sys.stdout)
 
     summary = fanout.fan_out(targets, args, parallel, show, out_dir)
     ui.exec_table(summary)

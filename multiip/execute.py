@@ -93,6 +93,8 @@ def run_script(
             _bg_exc=False,
         )
         _wait(proc)
+    except sh.CommandNotFound:
+        raise MultiipError(f"{argv[0]} not found (PATH {environment()['PATH']}): install it") from None
     except sh.ErrorReturnCode as e:
         raise _failed(log, e.exit_code, undo) from None
     except ChildProcessError:  # reaped inside a wait that a Ctrl-C broke off (_wait): interrupted

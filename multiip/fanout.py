@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from multiip import execute
+from multiip.errors import MultiipError
 from multiip.limits import raise_fd_limit
 
 
@@ -96,11 +97,15 @@ def fan_out(
                 target = waiting.pop(0)
                 env = {"MULTIIP_NS": target.namespace, "MULTIIP_IP": target.ip, "MULTIIP_IP6": target.ip6,
                        "MULTIIP_INDEX": str(target.index)}  # fmt: skip
+                sink = None
+                if output is not None:  # before its command starts: a file that cannot be written stops all
+                    try:
+                        sink = (output / f"{target.namespace}.log").open("wb")
+                    except OSError as e:
+                        raise MultiipError(f"exec --output: cannot write {e.filename}: {e.strerror}") from None
                 argv = execute.in_netns_with_resolver(target.namespace, argv_for(command, target))
                 proc = execute.spawn(argv, cwd=cwd, env=env, stderr=subprocess.STDOUT)
-                run = Run(target, proc, time.monotonic())
-                if output is not None:
-                    run.sink = (output / f"{target.namespace}.log").open("wb")
+                run = Run(target, proc, time.monotonic(), sink)
                 assert proc.stdout is not None
                 os.set_blocking(proc.stdout.fileno(), False)
                 sel.register(proc.stdout, selectors.EVENT_READ, run)

@@ -286,6 +286,21 @@ def name(value: str, what: str, max_len: int = IFNAMSIZ) -> str:
     return value
 
 
+_UNIT_PATH = re.compile(r"/[A-Za-z0-9_.@+/-]*")
+
+
+def unit_directory(value: str) -> Path:
+    """--systemd DIR, absolute: its path goes into the unit's ExecStart and ExecStop lines, where a space
+    splits the command and '%', '$' or '\\' mean something to systemd; so only plain characters."""
+    path = Path(value).resolve()
+    if not _UNIT_PATH.fullmatch(str(path)):
+        raise MultiipError(
+            f"--systemd {value!r}: the service's command lines name {str(path)!r}; give a directory whose path "
+            "has only letters, digits and '/', '-', '_', '.', '@', '+'"
+        )
+    return path
+
+
 def count(value: int, mode: Mode = Mode.bridge) -> int:
     if value <= 0:
         raise MultiipError(f"--count {value}: must be at least 1")

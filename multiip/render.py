@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 
 from multiip import __version__
+from multiip.errors import MultiipError
 from multiip.plan import Plan, Target
 
 
@@ -23,7 +24,7 @@ def templates_dir() -> Path:
     for candidate in (here / "templates", here.parent / "templates"):
         if (candidate / "setup_bridge.sh.j2").is_file():
             return candidate
-    raise RuntimeError(f"multiip templates not found next to {here}")
+    raise MultiipError(f"multiip's templates are not next to {here}: install multiip again")
 
 
 class _Cache(jinja2.FileSystemBytecodeCache):

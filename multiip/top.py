@@ -634,7 +634,11 @@ def watch(target: Target, interval: float, count: int | None, show: Callable[[di
             raise MultiipError(
                 f"no setup with prefix {target.prefix} on this host: multiip status --prefix {target.prefix}"
             )
-        show(sampler.sample(record))
+        try:
+            sampled = sampler.sample(record)
+        except OSError as e:  # a socket dump the kernel failed (or refused)
+            raise MultiipError(f"reading the sockets of {target.prefix} failed: {e.strerror or e}; try again") from None
+        show(sampled)
         done += 1
         if count is not None and done >= count:
             return

@@ -39,6 +39,10 @@ from multiip import cli, render
         ["hold", "198.18.0.1:9000", "--rate", "-1"],
         ["lab", "up", "--name", "far-too-long-name"],
         ["lab", "exec", "--name", "nolabhere", "--", "true"],
+        ["render", "--systemd", "/tmp/multiip unit dir"],  # a space splits ExecStart's command
+        ["render", "--systemd", "/tmp/multiip-50%n"],  # %n: systemd's unit name
+        ["render", "--systemd", "/proc/multiip-cannot-be-made"],
+        ["exec", "--all", "--output", "/proc/multiip-cannot-be-made", "--", "true"],
     ],
 )
 def test_bad_input_is_one_line(args: list[str]) -> None:
@@ -86,6 +90,14 @@ def test_not_root_is_refused(
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert err.startswith("multiip: error: ") and "root" in err and len(err.splitlines()) == 1
+
+
+def test_a_script_whose_runner_is_missing_is_an_error_not_a_bug() -> None:
+    from multiip import execute
+    from multiip.errors import MultiipError
+
+    with pytest.raises(MultiipError, match=r"^/nonexistent/nsenter not found .*: install it$"):
+        execute.run_script("true\n", print, within=["/nonexistent/nsenter", "--net=/proc/self/ns/net"])
 
 
 def test_internal_error_is_one_line_too(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

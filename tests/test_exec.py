@@ -56,14 +56,14 @@ def test_exec_all_replaces_placeholders_raises_the_fd_limit_and_binds_the_resolv
     )
     cp = multiip("exec", "--prefix", three, "--all", "--json", "--", "sh", "-c", script)
     ips = multiip("addrs", "--prefix", three).stdout.split()
-    lines = [line for line in cp.stdout.splitlines() if " | " in line]
+    lines = [line for line in cp.stderr.splitlines() if " | " in line]  # with --json, stdout is the JSON alone
     for i, ip in enumerate(ips):
         ns = f"{three}{i}"
         mine = [line.split(" | ", 1)[1] for line in lines if line.startswith(f"{ns} ")]
         soft, hard = mine[0].split()[-2:]
         assert mine[0].split()[:6] == [ns, ip, str(i), ns, ip, str(i)] and soft == hard, mine
         assert f"nameserver {lab.lan_ip}" in mine, mine  # the namespace's own resolver file
-    summary = json.loads(cp.stdout[cp.stdout.index("[\n") :])
+    summary = json.loads(cp.stdout)
     assert [(r["namespace"], r["exit"]) for r in summary] == [(f"{three}{i}", 0) for i in range(3)]
 
 
@@ -75,6 +75,11 @@ def test_exec_one_namespace_and_the_exit_status(three: str, tmp_path: Path) -> N
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines()[-1] == "multiip: error: exec: 2 of 3 runs failed (" + three + "1: exit 1)"
     assert (tmp_path / f"{three}2.log").read_text() == "out 2\n" and " | " not in failed.stdout
+    (tmp_path / "taken" / f"{three}0.log").mkdir(parents=True)  # a file that cannot be written: nothing runs
+    refused = multiip("exec", "--prefix", three, "--all", "--output", str(tmp_path / "taken"), "--", "touch",
+                      str(tmp_path / "ran-{ns}"), check=False)  # fmt: skip
+    assert refused.returncode != 0 and refused.stderr.splitlines()[-1].startswith("multiip: error: exec --output")
+    assert "Traceback" not in refused.stderr and not list(tmp_path.glob("ran-*"))
 
 
 def test_ctrl_c_stops_every_run(three: str) -> None:
@@ -129,11 +134,11 @@ def test_a_run_that_keeps_going_without_its_output_stalls_no_other_and_nothing_o
         'if [ "$MULTIIP_INDEX" = 2 ]; then sleep 302 & fi; echo done {ns}'
     )
     cp = multiip("exec", "--prefix", three, "--all", "--json", "--", "sh", "-c", script)
-    summary = {r["namespace"]: r for r in json.loads(cp.stdout[cp.stdout.index("[\n") :])}
+    summary = {r["namespace"]: r for r in json.loads(cp.stdout)}
     assert summary[f"{three}0"]["exit"] == 0 and summary[f"{three}0"]["seconds"] >= 4
     for ns in (f"{three}1", f"{three}2"):  # done as soon as their own command ended, not after the other's
         assert summary[ns]["exit"] == 0 and summary[ns]["seconds"] < 3, summary
-    assert f"{three}1 | done {three}1" in cp.stdout and f"{three}2 | done {three}2" in cp.stdout
+    assert f"{three}1 | done {three}1" in cp.stderr and f"{three}2 | done {three}2" in cp.stderr
     left = [argv for ns in ours(three) for argv in processes(ns, "sleep")]
     assert left == [], f"processes outlived multiip exec: {left}"
 
@@ -202,8 +207,9 @@ def test_wrk_from_four_namespaces_holds_more_than_one_ip_can_to_one_nginx(lab: l
             out, err = client.communicate(timeout=120)
             assert client.returncode == 0, err[-2000:]
             assert most > 64512, f"the server saw at most {most:,} connections at once"
-            rates = [float(m) for m in re.findall(r"\| Requests/sec:\s+([\d.]+)", out)]
-            assert len(rates) == 4 and all(r > 0 for r in rates), out[-2000:]
+            rates = [float(m) for m in re.findall(r"\| Requests/sec:\s+([\d.]+)", err)]  # --json: lines on stderr
+            assert len(rates) == 4 and all(r > 0 for r in rates), err[-2000:]
+            assert [r["exit"] for r in json.loads(out)] == [0] * 4
         finally:
             multiip("down", "--prefix", prefix, "--yes", netns=lab.host_ns)
 
