@@ -106,4 +106,5 @@ def prefix(lab: labmod.Lab) -> Iterator[str]:
     yield p
     made = any(line.split()[0].startswith(p) for line in sh("ip", "netns", "list").stdout.splitlines() if line)
     if made or Path(f"/run/multiip/{p}").exists():
-        multiip("down", "--prefix", p, "--yes", netns=lab.host_ns, check=False)
+        # queued behind another setup or teardown (--wait), not left behind because one ran at that moment
+        multiip("down", "--prefix", p, "--yes", "--wait", "60", netns=lab.host_ns, check=False)
